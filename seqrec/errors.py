@@ -1,0 +1,13 @@
+"""Errors a user can act on. The CLI prints them as one line and exits with code 2."""
+
+
+class SeqrecError(Exception):
+    """A user-facing error: bad input, bad config, missing file. Message is one line."""
+
+
+class DataError(SeqrecError):
+    """An input file or dataset cannot be read or is unusable (names the file and the problem)."""
+
+
+class ConfigError(SeqrecError):
+    """A configuration key or value is invalid."""
