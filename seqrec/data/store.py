@@ -107,7 +107,10 @@ class PreparedData:
     - ``full``: each user's complete known history (for recommend: the model input and seen items);
     - ``user_ids[u]`` raw id of user u; ``item_ids[i]`` raw id of item i (``item_ids[0]`` is a
       placeholder for padding), so C = len(item_ids) - 1;
-    - ``item_pop``: int64 [C+1] training interaction counts (index 0 unused).
+    - ``item_pop``: int64 [C+1] training interaction counts (index 0 unused);
+    - ``timestamps`` / ``roles`` (optional, aligned with ``full.items``): interaction times and the split
+      role of each interaction (0 train, 1 valid target, 2 test target, 3 held-out history); kept so a
+      prepared directory can be written and re-read exactly.
     """
 
     name: str
@@ -119,6 +122,8 @@ class PreparedData:
     item_ids: np.ndarray
     item_pop: np.ndarray
     meta: dict = field(default_factory=dict)
+    timestamps: np.ndarray | None = None
+    roles: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:

@@ -1,0 +1,155 @@
+"""Exact softmax cross-entropy without the [N, C] logits (``ce_chunked``).
+
+Forward walks the catalog in chunks of ``c`` items keeping an online log-sum-exp per position
+(float32); backward recomputes each chunk's logits, turns them into ``softmax - onehot`` in place
+and accumulates dX (addmm into one [N, d] buffer) and dW (mm straight into the chunk's rows of the
+[C, d] gradient). Peak extra memory is one [N, c] buffer plus the gradients: O(N*c + C*d).
+The price is one extra X Wᵀ product (the recomputation); in exchange no multi-GB buffer is
+allocated and faulted in, which on CPU usually makes it *faster* than full CE at large C.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seqrec.errors import ConfigError
+from seqrec.losses.base import Loss, LossContext, register_loss
+
+
+def _compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: the autocast dtype when autocast is on for this device, else the inputs'."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(x.dtype, w.dtype)
+
+
+def auto_chunk(n: int, c: int, memory_budget_mb: float) -> int:
+    """Largest chunk whose [n, chunk] float32 work buffer fits the budget (at least 256 items)."""
+    chunk = int(memory_budget_mb * 2**20 // (4 * max(n, 1)))
+    return max(256, min(c, chunk))
+
+
+class _ChunkedCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, chunk: int,
+                cdtype: torch.dtype) -> torch.Tensor:
+        n, c = x.shape[0], w.shape[0]
+        with torch.autocast(x.device.type, enabled=False):
+            xc, wc = x.to(cdtype), w.to(cdtype)
+            lse = torch.full((n,), float("-inf"), device=x.device, dtype=torch.float32)
+            buf = torch.empty((n, min(chunk, c)), device=x.device, dtype=cdtype)
+            for c0 in range(0, c, chunk):
+                c1 = min(c0 + chunk, c)
+                b = buf[:, : c1 - c0]
+                torch.mm(xc, wc[c0:c1].T, out=b)
+                # logsumexp of the chunk in float32 (in place: the buffer is scratch), merged
+                # into the running value
+                f = b if b.dtype == torch.float32 else b.float()
+                m = f.amax(dim=1)
+                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+                lse = torch.logaddexp(lse, f.sub_(m[:, None]).exp_().sum(dim=1).log_().add_(m))
+            # positive logit <x_n, w_{y_n}>: a gather, no [N, C] needed
+            pos = (xc.float() * wc[y].float()).sum(1)
+        ctx.save_for_backward(x, w, y, lse)
+        ctx.chunk, ctx.cdtype = chunk, cdtype
+        return (lse - pos).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, w, y, lse = ctx.saved_tensors
+        chunk, cdtype = ctx.chunk, ctx.cdtype
+        n, c = x.shape[0], w.shape[0]
+        scale = grad_out.float() / n
+        with torch.autocast(x.device.type, enabled=False):
+            xc, wc = x.to(cdtype), w.to(cdtype)
+            acc = torch.float32 if cdtype in (torch.float16, torch.bfloat16) else cdtype
+            dx = torch.zeros((n, x.shape[1]), device=x.device, dtype=acc)
+            dw = torch.empty((c, w.shape[1]), device=w.device, dtype=cdtype)
+            buf = torch.empty((n, min(chunk, c)), device=x.device, dtype=cdtype)
+            fbuf = buf if cdtype == torch.float32 else None
+            neg_lse = (-lse)[:, None]
+            rows = torch.arange(n, device=x.device)
+            for c0 in range(0, c, chunk):
+                c1 = min(c0 + chunk, c)
+                b = buf[:, : c1 - c0]
+                torch.mm(xc, wc[c0:c1].T, out=b)
+                # softmax of the chunk = exp(logit - lse), computed in place (float32 if possible)
+                p = b if fbuf is not None else b.float()
+                p.add_(neg_lse).exp_()
+                hit = (y >= c0) & (y < c1)
+                p[rows[hit], y[hit] - c0] -= 1.0  # softmax - onehot
+                if p is not b:
+                    b.copy_(p)
+                if acc == cdtype:
+                    dx.addmm_(b, wc[c0:c1])
+                else:
+                    dx.add_(torch.mm(b, wc[c0:c1]).float())
+                torch.mm(b.T, xc, out=dw[c0:c1])
+            dx = (dx * scale).to(x.dtype)
+            dw = (dw.float() * scale).to(w.dtype) if dw.dtype != torch.float32 else dw.mul_(scale)
+            dw = dw.to(w.dtype)
+        return dx, dw, None, None, None
+
+
+@register_loss
+class ChunkedCE(Loss):
+    """Exact full-catalog CE in O(N*chunk + C*d) memory.
+
+    chunk_size: items per chunk, or "auto" (from ``memory_budget_mb``, the [N, chunk] work buffer).
+    memory_budget_mb: budget for the work buffer when ``chunk_size="auto"``.
+    impl: "chunked" (portable, the default and the oracle) or "auto" (on CUDA, use
+        cut-cross-entropy or Liger's fused kernel when importable; otherwise chunked).
+    """
+
+    name = "ce_chunked"
+
+    def __init__(self, chunk_size: int | str = "auto", memory_budget_mb: float = 32.0,
+                 impl: str = "chunked") -> None:
+        if not (chunk_size == "auto" or (isinstance(chunk_size, int) and chunk_size > 0)):
+            raise ConfigError(f"ce_chunked: chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
+        if not memory_budget_mb > 0:
+            raise ConfigError(f"ce_chunked: memory_budget_mb must be > 0, got {memory_budget_mb!r}")
+        if impl not in ("chunked", "auto"):
+            raise ConfigError(f"ce_chunked: impl must be 'chunked' or 'auto', got {impl!r}")
+        self.chunk_size = chunk_size
+        self.memory_budget_mb = memory_budget_mb
+        self.impl = impl
+
+    def resolve_chunk(self, n: int, c: int) -> int:
+        if self.chunk_size == "auto":
+            return auto_chunk(n, c, self.memory_budget_mb)
+        return min(int(self.chunk_size), c)
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
+                ctx: LossContext) -> torch.Tensor:
+        if self.impl == "auto" and hidden.is_cuda:
+            fused = _fused_cuda(hidden, targets, item_emb)
+            if fused is not None:
+                return fused
+        chunk = self.resolve_chunk(hidden.shape[0], item_emb.shape[0])
+        cdtype = _compute_dtype(hidden, item_emb)
+        return _ChunkedCE.apply(hidden, item_emb, targets, chunk, cdtype)
+
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
+        chunk = self.resolve_chunk(n, c)
+        # one [N, chunk] work buffer (plus a float32 logsumexp temporary of the same size in the
+        # forward), dW [C, d], dX [N, d] (+ its scaled copy), a few [N] vectors
+        work = 2 * n * chunk * 4
+        return work + c * d * dtype_bytes + 2 * n * d * 4 + 8 * n * 4
+
+
+def _fused_cuda(hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor | None:
+    """Cut-cross-entropy or Liger's fused linear CE on CUDA when installed; None otherwise."""
+    try:
+        from cut_cross_entropy import linear_cross_entropy  # type: ignore[import-not-found]
+
+        return linear_cross_entropy(hidden, item_emb, targets, reduction="mean")
+    except ImportError:
+        pass
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # type: ignore
+
+        return LigerFusedLinearCrossEntropyLoss()(item_emb, hidden, targets)
+    except ImportError:
+        return None

@@ -1,0 +1,258 @@
+"""SCE, Scalable Cross-Entropy (Mezentsev, Gusak, Oseledets, Frolov; RecSys 2024, arXiv 2409.18721).
+
+CE is approximated where its logits are large. Random "bucket" directions Omega [n_b, d] pick, per
+bucket, the k_x positions and the k_y items with the largest inner product with the bucket's direction
+(a cheap maximum-inner-product search). Each bucket is scored densely, [k_x, k_y], the position's own
+target is masked out of the bucket's items, and the positive logit is appended as the class. A
+position's loss is the maximum over the buckets it falls in; positions in no bucket leave the mean.
+
+Beyond the reference implementation (same value and gradients):
+- Omega W^T is computed in catalog chunks with a running top-k, so [n_b, C] never exists at once.
+- The bucket logits go through a custom autograd function that works in groups of buckets and
+  recomputes them in backward, so only one group's [g, k_x, k_y] block is alive at any time and
+  the item-embedding gradient is a single dense [C, d] buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from seqrec.errors import ConfigError
+from seqrec.losses.base import Loss, LossContext, register_loss
+
+# Largest number of float32 elements in one working block (scores chunk or bucket-logits group):
+# 2**22 elements = 16 MiB, small next to the [C, d] gradient yet large enough for fast matmuls.
+BLOCK_ELEMS = 1 << 22
+
+
+# ---------------------------------------------------------------- helpers shared with RECE
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype) of autocast on ``device_type``: replayed in backward when recomputing."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return True, torch.get_autocast_dtype(device_type)
+    except (TypeError, RuntimeError):  # device type without autocast support
+        pass
+    return False, None
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, ac: tuple[bool, torch.dtype | None]) -> torch.Tensor:
+    """a [g, m, d] @ b[g, k, d]^T -> float32 [g, m, k], under the caller's autocast state."""
+    enabled, dtype = ac
+    if enabled:
+        with torch.autocast(a.device.type, dtype=dtype):
+            return torch.bmm(a, b.transpose(1, 2)).float()
+    dt = torch.promote_types(a.dtype, b.dtype)
+    return torch.bmm(a.to(dt), b.to(dt).transpose(1, 2)).float()
+
+
+def _positive_logits(hidden: torch.Tensor, item_emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """<X[n], W[y[n]]> in float32 [N] (no autograd graph: callers handle its gradient)."""
+    return (hidden.float() * item_emb[targets].float()).sum(-1)
+
+
+@torch.no_grad()
+def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int,
+                      chunk: int | None = None) -> torch.Tensor:
+    """Indices [m, k] of the k largest ``queries @ keys^T`` per row, keys scanned in chunks.
+
+    queries [m, d], keys [K, d]. A running top-k is merged with each chunk's scores, so memory is
+    O(m * (chunk + k)) instead of O(m * K). Ties break towards lower key index within a chunk.
+    """
+    m, K = queries.shape[0], keys.shape[0]
+    k = min(k, K)
+    if chunk is None:
+        chunk = max(k, BLOCK_ELEMS // max(m, 1))
+    q = queries.float()
+    best_v = best_i = None
+    for c0 in range(0, K, chunk):
+        s = q @ keys[c0:c0 + chunk].float().T  # [m, c]
+        if best_v is None:
+            best_v, j = s.topk(min(k, s.shape[1]), dim=1)
+            best_i = j + c0
+            continue
+        kp = best_v.shape[1]
+        best_v, j = torch.cat([best_v, s], 1).topk(min(k, kp + s.shape[1]), dim=1)
+        best_i = torch.where(j < kp, best_i.gather(1, j.clamp(max=kp - 1)), j - kp + c0)
+    return best_i
+
+
+def _check_size(name: str, value: Any, allow_auto: bool = True) -> int | str:
+    if allow_auto and value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        want = "a positive integer or 'auto'" if allow_auto else "a positive integer"
+        raise ConfigError(f"loss.{name} must be {want}, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise ConfigError(f"loss.{name} must be true or false, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- selection
+@torch.no_grad()
+def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, bucket_size_x: int,
+               bucket_size_y: int, mix_x: bool,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bucket membership: (idx_x [n_b, k_x] positions, idx_y [n_b, k_y] items), both int64.
+
+    Omega is Gaussian [n_b, d], or with ``mix_x`` random Gaussian mixtures of the batch's hidden
+    states (G^T X, G ~ N(0, 1) [N, n_b]), which follows the hidden states' distribution and so
+    avoids "bucket collapse" (all buckets picking the same few items). Selection runs in float32
+    with autocast off: it is cheap next to the scoring and exact ranking matters more.
+    """
+    n, d = hidden.shape
+    dev = hidden.device
+    with torch.autocast(dev.type, enabled=False):
+        x = hidden.detach().float()
+        if mix_x:
+            omega = torch.randn(n, n_buckets, generator=generator, device=dev).T @ x
+        else:
+            omega = torch.randn(n_buckets, d, generator=generator, device=dev)
+        idx_x = topk_rows_chunked(omega, x, bucket_size_x)
+        idx_y = topk_rows_chunked(omega, item_emb.detach(), bucket_size_y)
+    return idx_x, idx_y
+
+
+# ---------------------------------------------------------------- scoring (custom autograd)
+def _bucket_logits(hidden, item_emb, targets, ix, iy, ac):
+    """Masked logits float32 [g, k_x, k_y] of a group of buckets, plus the gathered rows."""
+    xb, wb = hidden[ix], item_emb[iy]  # [g, k_x, d], [g, k_y, d]
+    logits = _bmm(xb, wb, ac)
+    # the position's own target must never be a negative (it is the appended class)
+    logits.masked_fill_(targets[ix].unsqueeze(2) == iy.unsqueeze(1), float("-inf"))
+    return logits, xb, wb
+
+
+def _group_size(n_rows: int, k_x: int, k_y: int, d: int) -> int:
+    return max(1, min(n_rows, BLOCK_ELEMS // (k_x * k_y + (k_x + k_y) * d)))
+
+
+class _SCEFunction(torch.autograd.Function):
+    """Per-position SCE loss [N] (0 where uncovered) and coverage mask [N] from (X, W, y, buckets)."""
+
+    @staticmethod
+    def forward(ctx, hidden, item_emb, targets, idx_x, idx_y):
+        n, d = hidden.shape
+        n_b, k_x = idx_x.shape
+        k_y = idx_y.shape[1]
+        ac = _autocast_state(hidden.device.type)
+        pos = _positive_logits(hidden, item_emb, targets)
+        row_lse = torch.empty(n_b, k_x, device=hidden.device)
+        g = _group_size(n_b, k_x, k_y, d)
+        for b0 in range(0, n_b, g):
+            logits, _, _ = _bucket_logits(hidden, item_emb, targets, idx_x[b0:b0 + g], idx_y[b0:b0 + g], ac)
+            row_lse[b0:b0 + g] = torch.logaddexp(logits.logsumexp(-1), pos[idx_x[b0:b0 + g]])
+            del logits
+        row_loss = row_lse - pos[idx_x]
+        flat = idx_x.reshape(-1)
+        per_pos = torch.full((n,), float("-inf"), device=hidden.device)
+        per_pos.scatter_reduce_(0, flat, row_loss.reshape(-1), "amax", include_self=True)
+        covered = torch.isfinite(per_pos)
+        # gradient flows through the winning bucket(s); exact ties share it evenly (as amax does)
+        wins = (row_loss == per_pos[idx_x]).float()
+        n_wins = torch.zeros(n, device=hidden.device).index_add_(0, flat, wins.reshape(-1))
+        weight = wins / n_wins[idx_x]
+        per_pos = torch.where(covered, per_pos, torch.zeros_like(per_pos))
+        ctx.save_for_backward(hidden, item_emb, targets, idx_x, idx_y, row_lse, weight, pos)
+        ctx.ac = ac
+        ctx.mark_non_differentiable(covered)
+        return per_pos, covered
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_covered):
+        hidden, item_emb, targets, idx_x, idx_y, row_lse, weight, pos = ctx.saved_tensors
+        n, d = hidden.shape
+        n_b, k_x = idx_x.shape
+        k_y = idx_y.shape[1]
+        coef = weight * grad_loss.float()[idx_x]  # d loss / d row loss, [n_b, k_x]
+        dx = torch.zeros(n, d, device=hidden.device)
+        dw = torch.zeros(item_emb.shape[0], d, device=hidden.device)
+        g = _group_size(n_b, k_x, k_y, d)
+        for b0 in range(0, n_b, g):
+            c = coef[b0:b0 + g]
+            if not bool(c.any()):  # no position won in these buckets
+                continue
+            ix, iy = idx_x[b0:b0 + g], idx_y[b0:b0 + g]
+            logits, xb, wb = _bucket_logits(hidden, item_emb, targets, ix, iy, ctx.ac)
+            prob = torch.exp(logits.sub_(row_lse[b0:b0 + g].unsqueeze(2))).mul_(c.unsqueeze(2))
+            del logits
+            dx.index_add_(0, ix.reshape(-1), torch.bmm(prob, wb.float()).reshape(-1, d))
+            dw.index_add_(0, iy.reshape(-1), torch.bmm(prob.transpose(1, 2), xb.float()).reshape(-1, d))
+            del prob
+        # the appended positive column: softmax - 1 on the true class
+        dpos_rows = coef * (torch.exp(pos[idx_x] - row_lse) - 1.0)
+        dpos = torch.zeros(n, device=hidden.device).index_add_(0, idx_x.reshape(-1), dpos_rows.reshape(-1))
+        dx.add_(dpos.unsqueeze(1) * item_emb[targets].float())
+        dw.index_add_(0, targets, dpos.unsqueeze(1) * hidden.float())
+        return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None, None
+
+
+# ---------------------------------------------------------------- the loss
+@register_loss
+class SCE(Loss):
+    """Scalable Cross-Entropy.
+
+    Parameters
+    ----------
+    n_buckets : int or "auto"
+        Number of buckets n_b. "auto": int(2 * sqrt(N)) for the batch's N positions (authors' rule).
+    bucket_size_x : int or "auto"
+        Positions per bucket k_x (clipped to N). "auto": int(2 * sqrt(N)), so n_b * k_x ~ 4N.
+    bucket_size_y : int or "auto"
+        Items per bucket k_y (clipped to C). "auto": 256, the authors' most frequent best value.
+    mix_x : bool
+        Bucket centres are random mixtures of the batch's hidden states instead of pure Gaussian.
+    """
+
+    name = "sce"
+
+    def __init__(self, n_buckets: int | str = "auto", bucket_size_x: int | str = "auto",
+                 bucket_size_y: int | str = 256, mix_x: bool = True) -> None:
+        self.n_buckets = _check_size("n_buckets", n_buckets)
+        self.bucket_size_x = _check_size("bucket_size_x", bucket_size_x)
+        self.bucket_size_y = _check_size("bucket_size_y", bucket_size_y)
+        self.mix_x = _check_bool("mix_x", mix_x)
+
+    def resolve(self, n: int, c: int) -> tuple[int, int, int]:
+        """(n_b, k_x, k_y) used for a batch of n positions and a catalog of c items."""
+        root = max(1, int(2 * math.sqrt(n)))
+        n_b = root if self.n_buckets == "auto" else self.n_buckets
+        k_x = root if self.bucket_size_x == "auto" else self.bucket_size_x
+        k_y = 256 if self.bucket_size_y == "auto" else self.bucket_size_y
+        return n_b, min(k_x, n), min(k_y, c)
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
+                ctx: LossContext) -> torch.Tensor:
+        n = hidden.shape[0]
+        if n == 0:
+            return hidden.sum() * 0.0
+        targets = targets.long()
+        n_b, k_x, k_y = self.resolve(n, item_emb.shape[0])
+        idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator)
+        per_pos, covered = _SCEFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
+        ctx.stats["sce_coverage"] = float(covered.float().mean())
+        # positions in no bucket leave this step's mean
+        return per_pos.sum() / covered.sum().clamp(min=1)
+
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
+        n_b, k_x, k_y = self.resolve(n, c)
+        grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)
+        # selection: one chunk of scores plus the running top-k merge (values, candidates, indices)
+        chunk = max(k_y, BLOCK_ELEMS // n_b)
+        select = n_b * (chunk + k_y) * (4 + 4 + 8) + n_b * d * 4 + n * n_b * 4
+        saved = n_b * k_x * (4 + 4 + 4 + 8) + n_b * k_y * 8 + n * 16
+        g = _group_size(n_b, k_x, k_y, d)
+        # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
+        block = g * (k_x * k_y * (4 + 1 + 4) + (k_x + k_y) * d * 4 * 3)
+        return int(grads + saved + max(select, block))

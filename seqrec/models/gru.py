@@ -1,0 +1,53 @@
+"""GRU4Rec-style encoder: a GRU over item embeddings. Also the worked example of
+docs/custom_models.md — everything a custom encoder needs is in this file."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seqrec.models.base import Encoder, check_int, check_prob, register_model
+
+
+@register_model("gru4rec")
+class GRU4Rec(Encoder):
+    """GRU over item embeddings (Hidasi et al., 2016), trained seq-to-seq with a tied output matrix.
+
+    Item table [C+1, d] (row 0 = padding); hidden state at t summarises items <= t (causal).
+    """
+
+    causal = True
+
+    def __init__(self, n_items: int, d: int = 64, n_layers: int = 1, dropout: float = 0.2):
+        super().__init__(n_items, d)  # validates and stores n_items, d
+        self.n_layers = check_int("n_layers", n_layers, 1)
+        self.dropout = check_prob("dropout", dropout)
+        self.item_emb = nn.Embedding(n_items + 1, self.d, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=self.d ** -0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.drop = nn.Dropout(self.dropout)
+        self.gru = nn.GRU(self.d, self.d, self.n_layers, batch_first=True,
+                          dropout=self.dropout if self.n_layers > 1 else 0.0)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[C, d]: rows 1..C of the input table (tied)."""
+        return self.item_emb.weight[1:]
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items: int64 [B, L], left-padded with 0 -> hidden [B, L, d] (0 at padding)."""
+        B, L = items.shape
+        valid = items != 0
+        n = valid.sum(1)  # real length of each row
+        # The GRU must not run over the left padding (its biases would change the state), so shift
+        # each row left to start at column 0, run a packed GRU, and shift the outputs back.
+        col = torch.arange(L, device=items.device)
+        shift = (L - n).unsqueeze(1)  # [B, 1] padding width
+        right = items.gather(1, (col + shift) % L)  # row b: its n items, then padding
+        packed = pack_padded_sequence(self.drop(self.item_emb(right)), n.clamp(min=1).cpu(),
+                                      batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)
+        idx = ((col - shift) % L).unsqueeze(-1).expand(B, L, self.d)
+        return self.drop(out.gather(1, idx)) * valid.unsqueeze(-1)

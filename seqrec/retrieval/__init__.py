@@ -1,0 +1,117 @@
+"""Top-k retrieval by inner product over the item embeddings (catalog space, ids in [0, C)).
+
+    r = build_retriever("faiss-hnsw", ef_search=128).build(item_emb)      # item_emb [C, d]
+    scores, ids = r.search(queries, k=10, exclude=(offsets, items), deny=unavailable)
+    r.save(run_dir / "index" / "faiss-hnsw"); r = load_retriever(run_dir / "index" / "faiss-hnsw")
+
+Backends: ``torch`` (exact, default), ``faiss-flat`` (exact), ``faiss-ivf`` and ``faiss-hnsw``
+(approximate). A FAISS backend asked for without faiss installed falls back to ``torch`` with a
+warning. See docs/retrieval.md for which one to use and the exclusion guarantee.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from seqrec.errors import ConfigError, DataError
+from seqrec.retrieval.base import Filters, Retriever, load_meta
+from seqrec.retrieval.exact import TorchRetriever, exact_topk
+
+DEFAULT_BACKEND = "torch"
+BACKENDS = ("torch", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+
+
+def _backend_class(backend: str, warn: bool = True) -> type[Retriever]:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return TorchRetriever
+    from seqrec.retrieval import faiss_index
+
+    if faiss_index.import_faiss() is None:
+        if warn:
+            faiss_index.faiss_fallback_warning(backend)
+        return TorchRetriever
+    return {"faiss-flat": faiss_index.FaissFlatRetriever, "faiss-ivf": faiss_index.FaissIVFRetriever,
+            "faiss-hnsw": faiss_index.FaissHNSWRetriever}[backend]
+
+
+def build_retriever(backend: str = DEFAULT_BACKEND, **params: Any) -> Retriever:
+    """An unbuilt retriever of ``backend`` with hyper-parameters ``params`` (validated by name).
+
+    Asking for a FAISS backend when faiss is not importable warns once and returns ``torch``
+    (the FAISS-only parameters are dropped then).
+    """
+    cls = _backend_class(backend)
+    if cls is TorchRetriever and backend != "torch":
+        params = {k: v for k, v in params.items() if k in TorchRetriever.defaults}
+    return cls(**params)
+
+
+def load_retriever(path: str | os.PathLike) -> Retriever:
+    """Reload a retriever written by ``Retriever.save(path)``."""
+    from pathlib import Path
+
+    meta = load_meta(path)
+    backend = meta["backend"]
+    try:
+        cls = _backend_class(backend, warn=False)
+    except ConfigError:
+        raise DataError(f"{Path(path) / 'retriever.json'}: unknown backend {backend!r}") from None
+    if cls.backend != backend:
+        raise DataError(f"{path}: the index was built with '{backend}', which needs faiss (not importable); "
+                        "pip install faiss-cpu or rebuild it with --backend torch")
+    params = {k: v for k, v in meta["params"].items() if k in cls.defaults and k != "gpu"}
+    r = cls(**params)
+    r.n_items, r.dim = meta["n_items"], meta["dim"]
+    r._load_files(Path(path))
+    r._built = True
+    return r
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean over rows of |approx ∩ exact| / |exact| for id arrays [M, k] (-1 entries ignored).
+
+    Rows whose exact list is empty are skipped; 1.0 when no row has any exact item.
+    """
+    a, e = np.asarray(approx_ids), np.asarray(exact_ids)
+    if a.shape[0] != e.shape[0]:
+        raise ValueError(f"approx_ids has {a.shape[0]} rows, exact_ids {e.shape[0]}")
+    hits = ((a[:, :, None] == e[:, None, :]) & (e[:, None, :] >= 0)).any(1).sum(1)
+    n = (e >= 0).sum(1)
+    rows = n > 0
+    return float((hits[rows] / n[rows]).mean()) if rows.any() else 1.0
+
+
+def approximation_report(retriever: Retriever, queries: Any, k: int, exclude: Any = None,
+                         sample: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Recall@k of ``retriever`` against exact search on ``sample`` random query rows (same filters).
+
+    Returns {"recall@k_vs_exact": float, "sample": rows used, "k": k}.
+    """
+    import torch
+
+    q = queries.detach().cpu().float().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
+    m = q.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(m, size=min(sample, m), replace=False)) if m else np.zeros(0, np.int64)
+    sub_ex = None
+    if exclude is not None:
+        sub_ex = Filters(m, retriever.n_items, exclude).row_subset(rows)
+        sub_ex = (sub_ex.offsets, sub_ex.items)
+    qs = np.ascontiguousarray(q[rows], dtype=np.float32)
+    _, approx = retriever.search(qs, k, exclude=sub_ex)
+    if retriever.exact:
+        exact = approx
+    else:
+        with torch.no_grad():
+            filt = Filters(len(rows), retriever.n_items, sub_ex)
+            _, exact = exact_topk(torch.from_numpy(retriever.item_embeddings()), torch.from_numpy(qs), k, filt)
+    return {"recall@k_vs_exact": recall_at_k(approx, exact), "sample": int(len(rows)), "k": int(k)}
+
+
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Retriever", "approximation_report", "build_retriever",
+           "exact_topk", "load_retriever", "recall_at_k"]

@@ -1,0 +1,186 @@
+"""Exact top-k by inner product in torch: chunked over the catalog with a running top-k.
+
+Memory is bounded by one score block [query batch, catalog chunk] (``block_mb``), never [M, C].
+Filters are exact: excluded / denied items are set to -inf inside each block before its top-k;
+an allow-list scores only the allowed rows of the embedding matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqrec.errors import ConfigError, DataError
+from seqrec.io import atomic_path
+from seqrec.retrieval.base import Filters, Retriever
+
+NEG_INF = float("-inf")
+
+
+def _sort_candidates(v: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order each row by (score desc, id asc): sort by id, then a stable sort by score."""
+    o = i.argsort(dim=1)
+    v, i = v.gather(1, o), i.gather(1, o)
+    o = v.argsort(dim=1, descending=True, stable=True)
+    return v.gather(1, o), i.gather(1, o)
+
+
+def _block_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (score desc, column asc) of each row of ``s`` [m, n], exact under ties.
+
+    ``torch.topk`` picks arbitrarily among values tied at the k-th place, so ask for k+1 and redo
+    the (rare) rows whose k-th and (k+1)-th values are equal with a stable full sort.
+    """
+    n = s.shape[1]
+    if n <= k:
+        v, i = s.sort(dim=1, descending=True, stable=True)
+        return v, i
+    v, i = s.topk(k + 1, dim=1)
+    tied = (v[:, k - 1] == v[:, k]) & torch.isfinite(v[:, k - 1])
+    v, i = v[:, :k], i[:, :k]
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        sv, si = s[rows].sort(dim=1, descending=True, stable=True)
+        v, i = v.clone(), i.clone()
+        v[rows], i[rows] = sv[:, :k], si[:, :k]
+    return _sort_candidates(v, i)
+
+
+def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filters | None = None, *,
+               block_mb: float = 64.0, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of ``queries`` [M, d] against ``emb`` [C, d] under ``filters`` (catalog space).
+
+    Returns (scores float32 [M, k], ids int64 [M, k]), -1 / -inf where fewer than k items remain.
+    ``block_mb`` bounds the score block (query batch × catalog chunk, float32) in MiB.
+    """
+    n_items = emb.shape[0]
+    m = queries.shape[0]
+    ids_map = None  # catalog id of each row of ``emb`` when an allow-list restricts it
+    deny = np.zeros(0, np.int64)
+    excl_rows = excl_cols = None
+    if filters is not None:
+        if filters.allowed is not None:
+            ids_map = filters.allowed
+            emb = emb[torch.from_numpy(ids_map).to(emb.device)]
+        deny = filters.deny
+        if filters.items is not None and len(filters.items):
+            excl_rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(filters.offsets))
+            excl_cols = filters.items
+            if ids_map is not None:  # catalog id -> row of the restricted matrix (-1: not allowed)
+                pos = np.full(n_items, -1, dtype=np.int64)
+                pos[ids_map] = np.arange(len(ids_map))
+                excl_cols = pos[excl_cols]
+                keep = excl_cols >= 0
+                excl_rows, excl_cols = excl_rows[keep], excl_cols[keep]
+    c = emb.shape[0]
+    out_s = np.full((m, k), NEG_INF, dtype=np.float32)
+    out_i = np.full((m, k), -1, dtype=np.int64)
+    if c == 0 or m == 0:
+        return out_s, out_i
+    kk = min(k, c)
+    chunk = int(chunk or min(c, 32768))
+    qbatch = max(1, int(block_mb * 2**20) // (4 * chunk))
+    dev = emb.device
+    deny_t = torch.from_numpy(deny).to(dev)
+    # exclusion pairs sorted by column, so that each chunk's pairs are one slice
+    if excl_rows is not None and len(excl_rows):
+        order = np.argsort(excl_cols, kind="stable")
+        excl_rows, excl_cols = excl_rows[order], excl_cols[order]
+    buf = torch.empty(min(qbatch, m) * min(chunk, c), dtype=torch.float32, device=dev)
+    for q0 in range(0, m, qbatch):
+        q1 = min(m, q0 + qbatch)
+        qb = queries[q0:q1]
+        pairs = None
+        if excl_rows is not None and len(excl_rows):
+            sel = (excl_rows >= q0) & (excl_rows < q1)
+            pr, pc = excl_rows[sel] - q0, excl_cols[sel]
+            if len(pr):
+                row_starts = np.searchsorted(pc, np.arange(0, c + chunk, chunk))
+                pairs = (torch.from_numpy(pr).to(dev), torch.from_numpy(pc).to(dev), row_starts)
+        best_v = best_i = None
+        for j, c0 in enumerate(range(0, c, chunk)):
+            c1 = min(c, c0 + chunk)
+            s = buf[: (q1 - q0) * (c1 - c0)].view(q1 - q0, c1 - c0)
+            torch.mm(qb, emb[c0:c1].T, out=s)
+            if len(deny_t):
+                d = deny_t[(deny_t >= c0) & (deny_t < c1)]
+                if len(d):
+                    s[:, d - c0] = NEG_INF
+            if pairs is not None:
+                a, b = pairs[2][j], pairs[2][j + 1]
+                if b > a:
+                    s[pairs[0][a:b], pairs[1][a:b] - c0] = NEG_INF
+            v, i = _block_topk(s, kk)
+            i = i + c0
+            if best_v is None:
+                best_v, best_i = v, i
+            else:  # earlier chunks hold lower ids: a stable sort by score keeps (score desc, id asc)
+                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+                o = v.argsort(dim=1, descending=True, stable=True)[:, :kk]
+                best_v, best_i = v.gather(1, o), i.gather(1, o)
+        bv = best_v.cpu().numpy()
+        bi = best_i.cpu().numpy()
+        if ids_map is not None:
+            bi = ids_map[bi]
+        bi[~np.isfinite(bv) & (bv < 0)] = -1
+        out_s[q0:q1, : bv.shape[1]] = bv
+        out_i[q0:q1, : bi.shape[1]] = bi
+    out_s[out_i < 0] = NEG_INF
+    return out_s, out_i
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"retrieval parameter device={device!r} is not a torch device") from None
+
+
+class TorchRetriever(Retriever):
+    """Exact inner-product search in torch (the default backend).
+
+    ``device``: "auto" (CUDA when available), "cpu" or "cuda[:n]"; ``block_mb``: bound on one score
+    block in MiB; ``chunk``: catalog items per block (None: min(C, 32768)).
+    """
+
+    backend = "torch"
+    exact = True
+    defaults: dict[str, Any] = {"device": "auto", "block_mb": 64.0, "chunk": None}
+
+    def _build(self, emb: Any) -> None:
+        p = self.params
+        if not isinstance(p["block_mb"], int | float) or p["block_mb"] <= 0:
+            raise ConfigError(f"retrieval parameter block_mb must be > 0, got {p['block_mb']!r}")
+        if p["chunk"] is not None and (not isinstance(p["chunk"], int) or p["chunk"] < 1):
+            raise ConfigError(f"retrieval parameter chunk must be a positive integer, got {p['chunk']!r}")
+        self._device = resolve_device(str(p["device"]))
+        t = emb if isinstance(emb, torch.Tensor) else torch.from_numpy(emb)
+        self._emb = t.to(self._device, torch.float32).contiguous()
+
+    def _search(self, q: Any, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
+        t = q if isinstance(q, torch.Tensor) else torch.from_numpy(q)
+        t = t.to(self._device, torch.float32)
+        p = self.params
+        with torch.no_grad():
+            return exact_topk(self._emb, t, k, filters, block_mb=float(p["block_mb"]), chunk=p["chunk"])
+
+    def item_embeddings(self) -> np.ndarray:
+        return self._emb.cpu().numpy()
+
+    def _save_files(self, directory: Path) -> None:
+        with atomic_path(directory / "item_emb.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, self.item_embeddings())
+
+    def _load_files(self, directory: Path) -> None:
+        path = directory / "item_emb.npy"
+        try:
+            emb = np.load(path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read the saved item embeddings ({e})") from None
+        self._device = resolve_device(str(self.params["device"]))
+        self._emb = torch.from_numpy(emb).to(self._device, torch.float32).contiguous()

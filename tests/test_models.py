@@ -1,0 +1,186 @@
+"""Model zoo: shapes, causality, padding invariance, tying, registry errors, params round trip, pop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.errors import ConfigError
+from seqrec.models import MODELS, Encoder, build_model, register_model
+
+C = 30
+TINY = {
+    "sasrec": {"d": 16, "n_blocks": 2, "n_heads": 2, "max_len": 12, "dropout": 0.1},
+    "bert4rec": {"d": 16, "n_blocks": 2, "n_heads": 2, "max_len": 12, "dropout": 0.1},
+    "gru4rec": {"d": 16, "n_layers": 2, "dropout": 0.1},
+}
+
+
+def make(name: str, seed: int = 0) -> Encoder:
+    torch.manual_seed(seed)
+    return build_model(name, n_items=C, **TINY.get(name, {})).eval()
+
+
+def batch(seed: int = 0, b: int = 4, length: int = 8) -> torch.Tensor:
+    """Left-padded batch: row r has r leading zeros (row 0 is full)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, C + 1, (b, length), generator=g)
+    for r in range(b):
+        x[r, :r] = 0
+    return x
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec", "pop"])
+def test_shapes_and_no_nan_with_padding(name):
+    m = make(name)
+    x = batch()
+    x[-1] = 0  # an all-padding row must not produce NaN either
+    h = m(x)
+    assert h.shape == (4, 8, m.d)
+    assert torch.isfinite(h).all()
+    assert m.item_embeddings().shape == (C, m.d)
+    if name != "pop":  # padding positions carry no signal
+        assert (h[x == 0] == 0).all()
+        m.train()
+        assert torch.isfinite(m(x)).all()
+
+
+def test_default_params_and_readme_snippet():
+    m = build_model("sasrec", n_items=100)
+    assert m.get_params() == {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2}
+    assert m(torch.randint(0, 101, (2, 7))).shape == (2, 7, 64)
+    b = build_model("bert4rec", n_items=100)
+    assert b.mask_token == 101 and b.item_emb.num_embeddings == 102 and b.mask_prob == 0.2
+    names = ("sasrec", "bert4rec", "gru4rec", "pop")
+    assert [MODELS[n].trainable for n in names] == [True, True, True, False]
+    assert [MODELS[n].causal for n in ("sasrec", "bert4rec", "gru4rec")] == [True, False, True]
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_causal_future_item_does_not_change_past(name):
+    m = make(name)
+    x = batch()
+    h = m(x)
+    for t in range(7):
+        y = x.clone()
+        y[:, t + 1] = (y[:, t + 1] % C) + 1  # change item t+1 (also turns padding at t+1 into an item)
+        h2 = m(y)
+        torch.testing.assert_close(h2[:, : t + 1], h[:, : t + 1], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(h2[0, t + 1], h[0, t + 1])  # the changed position itself does move
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec"])
+def test_left_padding_width_does_not_change_last_state(name):
+    m = make(name)
+    x = batch(length=6)
+    wide = torch.cat([torch.zeros(4, 5, dtype=torch.long), x], dim=1)  # same rows, 5 more padding
+    torch.testing.assert_close(m(wide)[:, -6:], m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_bert4rec_sees_the_future():
+    m = make("bert4rec")
+    x = batch()
+    x[:, -1] = m.mask_token
+    y = x.clone()
+    y[:, -2] = (y[:, -2] % C) + 1
+    h, h2 = m(x), m(y)
+    assert not torch.allclose(h[:, 2], h2[:, 2])  # an earlier position changed
+    assert not torch.allclose(h[:, -1], h2[:, -1])  # and the mask position
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
+def test_item_embeddings_tied_to_input_table(name):
+    m = make(name)
+    w = m.item_embeddings()
+    table = m.item_emb.weight
+    assert w.shape == (C, m.d)
+    assert w.untyped_storage().data_ptr() == table.untyped_storage().data_ptr()
+    torch.testing.assert_close(w, table[1 : C + 1])
+    # the gradient of a scoring loss reaches the input table (one tensor, not a copy)
+    (m(batch())[:, -1] @ w.T).logsumexp(-1).sum().backward()
+    assert table.grad is not None and table.grad[1:].abs().sum() > 0
+
+
+def test_registry_errors():
+    with pytest.raises(ConfigError, match="known: .*bert4rec.*gru4rec.*pop.*sasrec"):
+        build_model("sasrek", n_items=10)
+    with pytest.raises(ConfigError, match="did you mean 'sasrec'"):
+        build_model("sasrek", n_items=10)
+    with pytest.raises(ConfigError, match=r"model\.n_block.*did you mean 'n_blocks'.*valid: d, n_blocks"):
+        build_model("sasrec", n_items=10, n_block=3)
+    for bad in [{"d": 0}, {"d": 2.5}, {"dropout": 1.0}, {"n_heads": True}, {"d": 10, "n_heads": 3}]:
+        with pytest.raises(ConfigError, match=r"model\."):
+            build_model("sasrec", n_items=10, **bad)
+    with pytest.raises(ConfigError, match="mask_prob"):
+        build_model("bert4rec", n_items=10, mask_prob=0.0)
+    with pytest.raises(ConfigError, match="n_items"):
+        build_model("gru4rec", n_items=0)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec", "pop"])
+def test_get_params_round_trip(name):
+    m = make(name)
+    m2 = build_model(m.name, m.n_items, **m.get_params())
+    assert type(m2) is type(m) and m2.get_params() == m.get_params()
+    m2.load_state_dict(m.state_dict())  # same architecture: every tensor has the same shape
+    m2.eval()
+    torch.testing.assert_close(m2(batch()), m(batch()))
+
+
+def test_pop_ranks_by_popularity():
+    m = make("pop")
+    assert m.trainable is False
+    counts = np.zeros(C + 1, dtype=np.int64)
+    counts[1:] = np.random.default_rng(0).integers(0, 50, C)
+    counts[0] = 10**6  # padding slot must be ignored
+    m.fit_popularity(counts)
+    scores = (m(batch())[:, -1] @ m.item_embeddings().T)  # [B, C], catalog space
+    assert (scores == scores[0]).all()  # same for every user
+    order = torch.argsort(scores[0], descending=True, stable=True) + 1  # back to model ids
+    assert (np.diff(counts[order.numpy()]) <= 0).all()
+    m2 = build_model("pop", n_items=C)
+    m2.load_state_dict(m.state_dict())  # the counts travel with the state dict
+    torch.testing.assert_close(m2.item_embeddings(), m.item_embeddings())
+    with pytest.raises(ConfigError, match="shape"):
+        m.fit_popularity(counts[1:])
+
+
+def test_register_custom_model():
+    @register_model("test_mean")
+    class Mean(Encoder):
+        def __init__(self, n_items: int, d: int = 8):
+            super().__init__(n_items, d)
+            self.emb = torch.nn.Embedding(n_items + 1, d, padding_idx=0)
+
+        def forward(self, items):
+            return self.emb(items).cumsum(1)
+
+        def item_embeddings(self):
+            return self.emb.weight[1:]
+
+    try:
+        m = build_model("test_mean", n_items=C, d=4)
+        assert m.get_params() == {"d": 4} and m(batch()).shape == (4, 8, 4)
+        with pytest.raises(TypeError):
+            register_model("bad")(object)
+    finally:
+        del MODELS["test_mean"]
+
+
+def test_custom_models_doc_example_matches_gru4rec():
+    """The GRU code shown in docs/custom_models.md runs and computes what seqrec's gru4rec computes."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "custom_models.md").read_text()
+    code = re.search(r"```python\n(.*?@register_model\(\"gru4rec\"\).*?)```", doc, re.S).group(1)
+    ns: dict = {}
+    exec(code.replace('"gru4rec"', '"test_doc_gru"'), ns)
+    try:
+        ours = make("gru4rec")
+        theirs = build_model("test_doc_gru", n_items=C, **TINY["gru4rec"]).eval()
+        theirs.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(theirs(batch()), ours(batch()))
+    finally:
+        del MODELS["test_doc_gru"]
