@@ -94,7 +94,7 @@ class SeqRec:
             data = d.dataset
         if _is_frame(data):
             return _prepare_frame(data, d)
-        return load_dataset(str(data), data_dir=d.data_dir, fmt=d.format, split=d.split, **(d.preprocessing or {}))
+        return load_dataset(str(data), data_dir=d.data_dir, fmt=d.format, split=d.split, **(d.options or {}))
 
     def _build_model(self, n_items: int) -> torch.nn.Module:
         from seqrec.models import build_model
@@ -117,11 +117,18 @@ class SeqRec:
         metrics.jsonl, model.pt, train_info.json) and can be resumed with ``resume=True``.
         """
         from seqrec.training import Trainer
+        from seqrec.training.trainer import seed_everything
 
-        self.data_ = self._load_data(data)
+        run = Path(run_dir) if run_dir else None
+        if resume and run is not None and (run / "data" / "meta.json").exists() and data is None:
+            from seqrec.data import load_dataset
+
+            self.data_ = load_dataset(str(run / "data"))  # the run's own prepared copy: no raw re-reading
+        else:
+            self.data_ = self._load_data(data)
+        seed_everything(int(self.cfg_.train.seed))  # model initialisation is part of the seeded run
         self.model_ = self._build_model(self.data_.n_items)
         self._record_model_params()
-        run = Path(run_dir) if run_dir else None
         if run is not None:
             self._write_run_skeleton(run, resume)
         trainer = Trainer(self.cfg_, self.model_, self._build_loss(), self.data_, run, log=log)
@@ -312,7 +319,7 @@ def _prepare_frame(frame: Any, d: Any) -> PreparedData:
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "interactions.parquet"
         frame.write_parquet(f)
-        return load_dataset(str(f), fmt="parquet", split=d.split, **(d.preprocessing or {}))
+        return load_dataset(str(f), fmt="parquet", split=d.split, **(d.options or {}))
 
 
 def eval_set_for(data: PreparedData, split: str) -> EvalSet:

@@ -25,7 +25,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "data_dir": None,         # where named datasets live (env SEQREC_DATA, else a user cache dir)
         "format": None,           # reader for a file path (see `seqrec data --help`)
         "split": None,            # leave_one_out | global_temporal (None: the card's default)
-        "preprocessing": {},      # overrides of the card's preprocessing (min_rating, dedup, k-core, ...)
+        "options": {},            # card preprocessing overrides (min_rating, dedup, min_user, min_item), reader
+                                  # options (user_col, item_col, time_col, sep), synthetic generator params
     },
     "model": {"name": "sasrec"},
     "loss": {"name": "ce"},

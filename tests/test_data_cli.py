@@ -22,8 +22,18 @@ def run(capsys, *argv):
 def test_help_lists_formats(capsys):
     rc, out, _ = run(capsys, "data", "--help")
     assert rc == 0
-    for fmt in ("ml-1m-dat", "movielens-csv", "ml-100k", "amazon-csv", "amazon-json", "recbole", "sasrec",
-                "s3rec", "csv", "parquet"):
+    for fmt in (
+        "ml-1m-dat",
+        "movielens-csv",
+        "ml-100k",
+        "amazon-csv",
+        "amazon-json",
+        "recbole",
+        "sasrec",
+        "s3rec",
+        "csv",
+        "parquet",
+    ):
         assert fmt in out
 
 
@@ -52,16 +62,19 @@ def bad(tmp_path, name, content: bytes):
     return str(p)
 
 
-@pytest.mark.parametrize("case,argv_tail,needle", [
-    ("empty", ("--format", "csv"), "empty file"),
-    ("missing_col", ("--format", "csv"), "missing column"),
-    ("bad_time", ("--format", "csv"), "timestamp"),
-    ("bad_utf8", ("--format", "csv"), "UTF-8"),
-    ("bad_utf8_s3rec", ("--format", "s3rec"), "UTF-8"),
-    ("unknown_format", ("--format", "bogus"), "bogus"),
-    ("kcore_empty", ("--format", "csv", "--min-user", "50"), "k-core"),
-    ("no_format", (), "--format"),
-])
+@pytest.mark.parametrize(
+    "case,argv_tail,needle",
+    [
+        ("empty", ("--format", "csv"), "empty file"),
+        ("missing_col", ("--format", "csv"), "missing column"),
+        ("bad_time", ("--format", "csv"), "timestamp"),
+        ("bad_utf8", ("--format", "csv"), "UTF-8"),
+        ("bad_utf8_s3rec", ("--format", "s3rec"), "UTF-8"),
+        ("unknown_format", ("--format", "bogus"), "bogus"),
+        ("kcore_empty", ("--format", "csv", "--min-user", "50"), "k-core"),
+        ("no_format", (), "--format"),
+    ],
+)
 def test_bad_inputs_exit_2(capsys, tmp_path, case, argv_tail, needle):
     files = {
         "empty": b"",
@@ -78,7 +91,9 @@ def test_bad_inputs_exit_2(capsys, tmp_path, case, argv_tail, needle):
     rc, out, err = run(capsys, "data", "prepare", path, "--out", str(out_dir), *argv_tail)
     assert rc == 2
     assert needle in err and "Traceback" not in err
-    if case not in ("unknown_format",):  # click's usage errors take 3 lines; ours are one line naming the file
+    if case not in (
+        "unknown_format",
+    ):  # click's usage errors take 3 lines; ours are one line naming the file
         assert len(err.strip().splitlines()) == 1 and path in err
     assert not out_dir.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.txt"]  # nothing half-written
@@ -110,8 +125,18 @@ def test_cards_are_complete():
 def fake_card(tmp_path, payload: bytes, checksum: str | None, member: str | None):
     src = tmp_path / "remote.bin"
     src.write_bytes(payload)
-    return {"name": "toy", "files": [{"path": "toy/u.data", "format": "ml-100k", "url": src.as_uri(),
-                                      "member": member, "checksum": checksum}]}
+    return {
+        "name": "toy",
+        "files": [
+            {
+                "path": "toy/u.data",
+                "format": "ml-100k",
+                "url": src.as_uri(),
+                "member": member,
+                "checksum": checksum,
+            }
+        ],
+    }
 
 
 def zipped(name: str, data: bytes) -> bytes:
@@ -147,3 +172,20 @@ def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
         load_dataset("ml-100k")
     msg = str(e.value)
     assert "no network" in msg and str(tmp_path / "cache" / "ml-100k" / "u.data") in msg and "\n" not in msg
+
+
+def test_dataset_options_decorator_is_reusable(tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from seqrec.data.cli import dataset_options
+
+    seen = {}
+
+    @click.command()
+    @dataset_options
+    def fit(data_dir, fmt):
+        seen.update(data_dir=data_dir, fmt=fmt)
+
+    r = CliRunner().invoke(fit, ["--data-dir", str(tmp_path), "--format", "sasrec"])
+    assert r.exit_code == 0 and seen == {"data_dir": tmp_path, "fmt": "sasrec"}

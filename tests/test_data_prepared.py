@@ -14,12 +14,23 @@ SMALL = {"n_users": 60, "n_items": 40, "n_clusters": 4, "mean_len": 8}
 
 def same(a, b):
     assert a.name == b.name and a.meta["fingerprint"] == b.meta["fingerprint"]
-    for s, t in ((a.train, b.train), (a.full, b.full), (a.valid.history, b.valid.history),
-                 (a.test.history, b.test.history)):
+    for s, t in (
+        (a.train, b.train),
+        (a.full, b.full),
+        (a.valid.history, b.valid.history),
+        (a.test.history, b.test.history),
+    ):
         assert np.array_equal(s.offsets, t.offsets) and np.array_equal(s.items, t.items)
-    for x, y in ((a.valid.users, b.valid.users), (a.valid.targets, b.valid.targets), (a.test.users, b.test.users),
-                 (a.test.targets, b.test.targets), (a.user_ids, b.user_ids), (a.item_ids, b.item_ids),
-                 (a.item_pop, b.item_pop), (a.timestamps, b.timestamps)):
+    for x, y in (
+        (a.valid.users, b.valid.users),
+        (a.valid.targets, b.valid.targets),
+        (a.test.users, b.test.users),
+        (a.test.targets, b.test.targets),
+        (a.user_ids, b.user_ids),
+        (a.item_ids, b.item_ids),
+        (a.item_pop, b.item_pop),
+        (a.timestamps, b.timestamps),
+    ):
         assert np.array_equal(x, y)
     assert a.meta["stats"] == b.meta["stats"] and a.meta["split"] == b.meta["split"]
 
@@ -28,8 +39,13 @@ def same(a, b):
 def test_round_trip(tmp_path, how):
     d = load_dataset("synthetic", split=how, synthetic=SMALL)
     out = save_prepared(d, tmp_path / "prep")
-    assert sorted(p.name for p in out.iterdir()) == ["interactions.parquet", "items.parquet", "meta.json",
-                                                     "stats.json", "users.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "interactions.parquet",
+        "items.parquet",
+        "meta.json",
+        "stats.json",
+        "users.parquet",
+    ]
     same(d, load_dataset(out))
     assert [p.name for p in tmp_path.iterdir()] == ["prep"]  # no temp dirs left
 

@@ -33,7 +33,7 @@ def test_ties_keep_input_order():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 6), st.integers(0, 3)), min_size=1, max_size=60))
 def test_order_is_time_then_input(rows):
-    users, items, ts = map(list, zip(*rows))
+    users, items, ts = map(list, zip(*rows, strict=False))
     inter = preprocess(frame(users, items, ts), Preprocessing())
     want = sorted(range(len(rows)), key=lambda r: (users[r], ts[r], r))  # Python's sort is stable
     assert inter.item_ids[inter.items].tolist() == [items[r] for r in want]
@@ -57,13 +57,18 @@ def naive_kcore(pairs, ku, ki):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=150),
-       st.integers(0, 4), st.integers(0, 4))
+@given(
+    st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=150),
+    st.integers(0, 4),
+    st.integers(0, 4),
+)
 def test_kcore_reaches_the_fixpoint(pairs, ku, ki):
-    df = pl.DataFrame({"user": [u for u, _ in pairs], "item": [i for _, i in pairs]},
-                      schema={"user": pl.Int64, "item": pl.Int64})
+    df = pl.DataFrame(
+        {"user": [u for u, _ in pairs], "item": [i for _, i in pairs]},
+        schema={"user": pl.Int64, "item": pl.Int64},
+    )
     out = kcore(df, ku, ki)
-    got = list(zip(out["user"].to_list(), out["item"].to_list()))
+    got = list(zip(out["user"].to_list(), out["item"].to_list(), strict=False))
     assert got == naive_kcore(pairs, ku, ki)  # same rows, same order
     if got:  # fixpoint: every remaining user and item meets its threshold
         assert min(Counter(u for u, _ in got).values()) >= ku
@@ -73,7 +78,9 @@ def test_kcore_reaches_the_fixpoint(pairs, ku, ki):
 def test_kcore_once_is_a_single_pass():
     users3 = [1, 1, 2, 2, 3]
     items3 = [5, 6, 5, 7, 7]
-    once = preprocess(frame(users3, items3, list(range(5))), Preprocessing(min_user=2, min_item=2, kcore="once"))
+    once = preprocess(
+        frame(users3, items3, list(range(5))), Preprocessing(min_user=2, min_item=2, kcore="once")
+    )
     fix = kcore(frame(users3, items3, list(range(5))), 2, 2)
     assert once.item_ids[once.items].tolist() == [5, 5, 7]  # single pass: item 6 and user 3 removed
     assert fix.height == 0  # fixpoint cascade: then user 1 and item 7 fall below 2, then user 2

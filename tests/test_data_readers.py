@@ -16,8 +16,10 @@ from seqrec.errors import DataError
 
 def seqs(inter) -> dict:
     """raw user -> list of raw items in order."""
-    return {inter.user_ids[u]: [inter.item_ids[i] for i in inter.items[inter.users == u]]
-            for u in range(len(inter.user_ids))}
+    return {
+        inter.user_ids[u]: [inter.item_ids[i] for i in inter.items[inter.users == u]]
+        for u in range(len(inter.user_ids))
+    }
 
 
 def load(path, fmt=None, **kw):
@@ -27,7 +29,9 @@ def load(path, fmt=None, **kw):
 def test_ml1m_dat(tmp_path):
     p = tmp_path / "ratings.dat"
     # latin-1 file, '::' separated; user 1 has a timestamp tie (input order kept), user 2 is out of order
-    p.write_bytes(b"1::1193::5::978300760\n1::661::3::978300760\n2::914::3::978302000\n2::3408::4::978300000\n")
+    p.write_bytes(
+        b"1::1193::5::978300760\n1::661::3::978300760\n2::914::3::978302000\n2::3408::4::978300000\n"
+    )
     inter = load(p)  # format inferred from the file name
     assert seqs(inter) == {1: [1193, 661], 2: [3408, 914]}
     assert inter.has_time and inter.timestamps.tolist() == [978300760, 978300760, 978300000, 978302000]
@@ -35,7 +39,9 @@ def test_ml1m_dat(tmp_path):
 
 def test_movielens_csv_with_min_rating(tmp_path):
     p = tmp_path / "ratings.csv"
-    p.write_text("userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n1,29,3.5,1112484676\n1,32,1.0,1112484819\n")
+    p.write_text(
+        "userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n1,29,3.5,1112484676\n1,32,1.0,1112484819\n"
+    )
     assert seqs(load(p, "movielens-csv")) == {1: [29, 32, 2]}
     assert seqs(load(p, "movielens-csv", min_rating=3.0)) == {1: [29, 2]}
 
@@ -48,8 +54,10 @@ def test_ml100k_u_data(tmp_path):
 
 def test_amazon_csv_string_ids(tmp_path):
     p = tmp_path / "ratings_Beauty.csv"
-    p.write_text("A39HTATAQ9V7YF,0205616461,5.0,1369699200\nA3JM6GV9MNOF9X,0558925278,3.0,1355443200\n"
-                 "A39HTATAQ9V7YF,0558925278,4.0,1355443200\n")
+    p.write_text(
+        "A39HTATAQ9V7YF,0205616461,5.0,1369699200\nA3JM6GV9MNOF9X,0558925278,3.0,1355443200\n"
+        "A39HTATAQ9V7YF,0558925278,4.0,1355443200\n"
+    )
     inter = load(p, "amazon-csv")
     assert seqs(inter) == {"A39HTATAQ9V7YF": ["0558925278", "0205616461"], "A3JM6GV9MNOF9X": ["0558925278"]}
     assert inter.item_ids[0] == "<pad>" and len(inter.item_ids) == 3
@@ -57,9 +65,11 @@ def test_amazon_csv_string_ids(tmp_path):
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_amazon_json_lines(tmp_path, gz):
-    rows = [{"reviewerID": "U1", "asin": "B2", "reviewText": "très bien", "overall": 5.0, "unixReviewTime": 20},
-            {"reviewerID": "U1", "asin": "B1", "overall": 4.0, "unixReviewTime": 10, "helpful": [0, 0]},
-            {"reviewerID": "U2", "asin": "B1", "overall": 1.0, "unixReviewTime": 30}]
+    rows = [
+        {"reviewerID": "U1", "asin": "B2", "reviewText": "très bien", "overall": 5.0, "unixReviewTime": 20},
+        {"reviewerID": "U1", "asin": "B1", "overall": 4.0, "unixReviewTime": 10, "helpful": [0, 0]},
+        {"reviewerID": "U2", "asin": "B1", "overall": 1.0, "unixReviewTime": 30},
+    ]
     text = "".join(json.dumps(r) + "\n" for r in rows).encode()
     p = tmp_path / ("reviews_Beauty_5.json.gz" if gz else "reviews.json")
     p.write_bytes(gzip.compress(text) if gz else text)
@@ -70,8 +80,10 @@ def test_amazon_json_lines(tmp_path, gz):
 
 def test_recbole_inter(tmp_path):
     p = tmp_path / "ml-100k.inter"
-    p.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                 "196\t242\t3\t881250949\n196\t302\t3\t881250000\n22\t377\t1\t878887116\n")
+    p.write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "196\t242\t3\t881250949\n196\t302\t3\t881250000\n22\t377\t1\t878887116\n"
+    )
     inter = load(p)
     assert seqs(inter) == {"196": ["302", "242"], "22": ["377"]} and inter.has_time
     q = tmp_path / "x.inter"  # no timestamp column: file order
@@ -98,8 +110,9 @@ def test_s3rec_lines(tmp_path):
 def test_generic_csv_columns_and_dates(tmp_path):
     p = tmp_path / "events.csv"
     p.write_text("uid;sku;when;stars\na;x;2020-01-02;5\na;y;2020-01-01;2\nb;x;2019-12-31;4\n")
-    inter = load(p, "csv", user_col="uid", item_col="sku", time_col="when", rating_col="stars", sep=";",
-                 min_rating=3)
+    inter = load(
+        p, "csv", user_col="uid", item_col="sku", time_col="when", rating_col="stars", sep=";", min_rating=3
+    )
     assert seqs(inter) == {"a": ["x"], "b": ["x"]}
     no_time = load(p, "csv", user_col="uid", item_col="sku", time_col=None, sep=";")
     assert seqs(no_time) == {"a": ["x", "y"], "b": ["x"]} and not no_time.has_time
@@ -123,8 +136,18 @@ def test_infer_format_and_unknown(tmp_path):
     p.write_text("1 2\n")
     with pytest.raises(DataError, match="unknown format 'nope'"):
         read(p, "nope")
-    assert set(FORMATS) == {"ml-1m-dat", "movielens-csv", "ml-100k", "amazon-csv", "amazon-json", "recbole",
-                            "sasrec", "s3rec", "csv", "parquet"}
+    assert set(FORMATS) == {
+        "ml-1m-dat",
+        "movielens-csv",
+        "ml-100k",
+        "amazon-csv",
+        "amazon-json",
+        "recbole",
+        "sasrec",
+        "s3rec",
+        "csv",
+        "parquet",
+    }
 
 
 @pytest.mark.parametrize("fmt", ["sasrec", "s3rec", "ml-100k", "amazon-csv", "csv", "amazon-json", "recbole"])
@@ -148,3 +171,12 @@ def test_raw_id_round_trip(tmp_path):
     # raw -> internal: ids are contiguous, items start at 1 (0 = padding)
     assert inter.items.min() == 1 and inter.items.max() == len(inter.item_ids) - 1
     assert sorted(set(inter.users.tolist())) == list(range(len(inter.user_ids)))
+
+
+def test_generic_defaults_detect_rating_and_missing_time(tmp_path):
+    # a DataFrame-like table with user, item, rating and no timestamp: row order is time order
+    p = tmp_path / "t.parquet"
+    pl.DataFrame({"user": [1, 1, 2], "item": [5, 4, 4], "rating": [1.0, 5.0, 5.0]}).write_parquet(p)
+    inter = load(p, "parquet")
+    assert seqs(inter) == {1: [5, 4], 2: [4]} and not inter.has_time
+    assert seqs(load(p, "parquet", min_rating=3)) == {1: [4], 2: [4]}

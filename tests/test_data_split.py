@@ -16,8 +16,10 @@ rows = st.lists(st.tuples(st.integers(0, 6), st.integers(0, 9), st.integers(0, 5
 
 
 def make(rs, has_time=True):
-    u, i, t = map(list, zip(*rs))
-    return preprocess(pl.DataFrame({"user": u, "item": i, "timestamp": t}), Preprocessing(), has_time=has_time)
+    u, i, t = map(list, zip(*rs, strict=False))
+    return preprocess(
+        pl.DataFrame({"user": u, "item": i, "timestamp": t}), Preprocessing(), has_time=has_time
+    )
 
 
 def check_common(d):
@@ -63,15 +65,17 @@ def test_global_temporal(rs, q):
     cut = d.meta["cut"]
     ts = inter.timestamps
     off = d.full.offsets
-    test_users = {u for u in range(d.n_users) if ts[off[u]:off[u + 1]].max() >= cut}
+    test_users = {u for u in range(d.n_users) if ts[off[u] : off[u + 1]].max() >= cut}
     # test users are never trained on; everyone else trains on their whole (pre-cut) sequence
     for u in range(d.n_users):
         if u in test_users:
             assert len(d.train.row(u)) == 0
         else:
             assert d.train.row(u).tolist() == d.full.row(u).tolist()
-            assert ts[off[u]:off[u + 1]].max() < cut
-    assert set(d.test.users.tolist()) <= test_users and set(d.valid.users.tolist()) <= set(d.test.users.tolist())
+            assert ts[off[u] : off[u + 1]].max() < cut
+    assert set(d.test.users.tolist()) <= test_users and set(d.valid.users.tolist()) <= set(
+        d.test.users.tolist()
+    )
     for k, u in enumerate(d.test.users):
         assert d.test.history.lengths[k] == d.full.lengths[u] - 1  # last one scored, the rest history
     for k, u in enumerate(d.valid.users):

@@ -20,15 +20,28 @@ from seqrec.data.split import split as split_interactions
 from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, DataError
 
-__all__ = ["FORMATS", "SPLITS", "EvalSet", "Interactions", "PreparedData", "Preprocessing", "SequenceStore",
-           "load_dataset", "load_interactions", "save_prepared", "DataError"]
+__all__ = [
+    "FORMATS",
+    "SPLITS",
+    "EvalSet",
+    "Interactions",
+    "PreparedData",
+    "Preprocessing",
+    "SequenceStore",
+    "load_dataset",
+    "load_interactions",
+    "save_prepared",
+    "DataError",
+]
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict, dict, dict]:
     prep_keys = set(Preprocessing.__dataclass_fields__)
     prep = {k: v for k, v in options.items() if k in prep_keys}
     # time_col=None explicitly means "no timestamp column: use the input order"
-    read_opts = {k: v for k, v in options.items() if k in READER_OPTIONS and (v is not None or k == "time_col")}
+    read_opts = {
+        k: v for k, v in options.items() if k in READER_OPTIONS and (v is not None or k == "time_col")
+    }
     rest = {k: v for k, v in options.items() if k not in prep_keys and k not in READER_OPTIONS}
     return prep, read_opts, rest
 
@@ -45,8 +58,9 @@ def _read_preprocess(path: Path, fmt: str, read_opts: dict, prep: Preprocessing)
         raise DataError(f"{path}: {_explain(e)}") from None
 
 
-def load_interactions(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, fmt: str | None = None,
-                      **options: Any) -> tuple[str, Interactions, dict]:
+def load_interactions(
+    spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, fmt: str | None = None, **options: Any
+) -> tuple[str, Interactions, dict]:
     """Read and preprocess ``spec`` (name or file; not a prepared dir) -> (name, interactions, meta).
 
     ``options``: Preprocessing fields (override the card's defaults), reader options
@@ -61,7 +75,8 @@ def load_interactions(spec: str | os.PathLike, data_dir: str | os.PathLike | Non
     if rest:
         raise ConfigError(f"unknown dataset option(s): {', '.join(sorted(rest))}")
     path = Path(spec)
-    if fmt is not None or path.is_file() or (os.sep in str(spec) and not str(spec).startswith("synthetic")):
+    is_name = str(spec).split(":", 1)[0] in cards.all_cards() and not path.exists()
+    if path.exists() or os.sep in str(spec) or (fmt is not None and not is_name):
         if not path.exists():
             raise DataError(f"{path}: no such file")
         if path.is_dir():
@@ -72,26 +87,44 @@ def load_interactions(spec: str | os.PathLike, data_dir: str | os.PathLike | Non
         return path.stem, inter, {"source": str(path), "format": fmt, "preprocessing": prep.to_dict()}
     name = str(spec)
     card = cards.get_card(name.split(":", 1)[0])
+    if fmt is not None:
+        raise DataError(f"{name}: --format applies to a file path, not to a named dataset")
     if card.get("format") == "synthetic":
         from seqrec.data import synthetic as syn
 
         preset = name.split(":", 1)[1] if ":" in name else card.get("preset", "default")
-        params = syn.params_for(preset, **{**card.get("params", {}), **synth}) if preset == "default" \
+        params = (
+            syn.params_for(preset, **{**card.get("params", {}), **synth})
+            if preset == "default"
             else syn.params_for(preset, **synth)
+        )
         prep = Preprocessing.from_dict({**card.get("preprocessing", {}), **prep_over})
         inter = preprocess(syn.generate(params), prep, source=name)
         from dataclasses import asdict
 
-        return name, inter, {"source": name, "format": "synthetic", "synthetic": asdict(params),
-                             "preprocessing": prep.to_dict()}
+        return (
+            name,
+            inter,
+            {
+                "source": name,
+                "format": "synthetic",
+                "synthetic": asdict(params),
+                "preprocessing": prep.to_dict(),
+            },
+        )
     path, entry = cards.resolve(card, data_dir)
     prep = Preprocessing.from_dict({**(entry.get("preprocessing") or {}), **prep_over})
     inter = _read_preprocess(path, entry["format"], {**(entry.get("read") or {}), **read_opts}, prep)
     return name, inter, {"source": str(path), "format": entry["format"], "preprocessing": prep.to_dict()}
 
 
-def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, fmt: str | None = None,
-                 split: str | None = None, **options: Any) -> PreparedData:
+def load_dataset(
+    spec: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    split: str | None = None,
+    **options: Any,
+) -> PreparedData:
     """Load ``spec`` (dataset name, prepared dir, or file + ``fmt``) -> PreparedData.
 
     split: ``leave_one_out`` (default) or ``global_temporal`` (option ``q``, default 0.95).
@@ -103,14 +136,26 @@ def load_dataset(spec: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
     if is_prepared(spec):
         prep_over, read_opts, rest = _split_options(options)
-        if split is not None or fmt is not None or any(v is not None for v in prep_over.values()) or read_opts \
-                or rest:
+        if (
+            split is not None
+            or fmt is not None
+            or any(v is not None for v in prep_over.values())
+            or read_opts
+            or rest
+        ):
             given = {k: v for k, v in options.items() if v is not None}
             pd = load_prepared(spec)
-            if split not in (None, pd.meta.get("split")) or fmt is not None or read_opts or rest or any(
-                    pd.meta.get("preprocessing", {}).get(k) != v for k, v in given.items()):
-                raise ConfigError(f"{spec}: a prepared directory is already preprocessed and split "
-                                  f"({pd.meta.get('split')}); prepare it again to change options")
+            if (
+                split not in (None, pd.meta.get("split"))
+                or fmt is not None
+                or read_opts
+                or rest
+                or any(pd.meta.get("preprocessing", {}).get(k) != v for k, v in given.items())
+            ):
+                raise ConfigError(
+                    f"{spec}: a prepared directory is already preprocessed and split "
+                    f"({pd.meta.get('split')}); prepare it again to change options"
+                )
             return pd
         return load_prepared(spec)
     q = options.pop("q", 0.95)

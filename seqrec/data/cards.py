@@ -46,8 +46,10 @@ def all_cards() -> dict[str, dict[str, Any]]:
 def get_card(name: str) -> dict[str, Any]:
     cards = all_cards()
     if name not in cards:
-        raise DataError(f"unknown dataset {name!r}: not a file, a prepared directory or a dataset name "
-                        f"(known: {', '.join(sorted(cards))})")
+        raise DataError(
+            f"unknown dataset {name!r}: not a file, a prepared directory or a dataset name "
+            f"(known: {', '.join(sorted(cards))})"
+        )
     return cards[name]
 
 
@@ -61,8 +63,9 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache) / "seqrec"
 
 
-def resolve(card: dict[str, Any], data_dir: str | os.PathLike | None = None,
-            download: bool = True) -> tuple[Path, dict[str, Any]]:
+def resolve(
+    card: dict[str, Any], data_dir: str | os.PathLike | None = None, download: bool = True
+) -> tuple[Path, dict[str, Any]]:
     """First existing candidate file of ``card`` under the data root -> (path, entry); else download."""
     root = data_root(data_dir)
     for entry in card.get("files", []):
@@ -83,8 +86,11 @@ def resolve(card: dict[str, Any], data_dir: str | os.PathLike | None = None,
 def fetch(entry: dict[str, Any], target: Path, name: str) -> None:
     """Download ``entry['url']`` (checksum-checked; extract ``entry['member']`` from a zip) to ``target``."""
     url = entry["url"]
-    hint = (f"download {url}" + (f", extract {entry['member']}" if entry.get("member") else "")
-            + f" and put it at {target} (or pass --data-dir / set SEQREC_DATA)")
+    hint = (
+        f"download {url}"
+        + (f", extract {entry['member']}" if entry.get("member") else "")
+        + f" and put it at {target} (or pass --data-dir / set SEQREC_DATA)"
+    )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -97,11 +103,17 @@ def fetch(entry: dict[str, Any], target: Path, name: str) -> None:
             algo, want = digest.split(":", 1)
             got = _hash(archive, algo)
             if got != want:
-                raise DataError(f"{name}: checksum mismatch for {url} ({algo} {got}, expected {want}); {hint}")
+                raise DataError(
+                    f"{name}: checksum mismatch for {url} ({algo} {got}, expected {want}); {hint}"
+                )
         with atomic_path(target) as tmp:
             if entry.get("member"):
                 try:
-                    with zipfile.ZipFile(archive) as z, z.open(entry["member"]) as src, open(tmp, "wb") as dst:
+                    with (
+                        zipfile.ZipFile(archive) as z,
+                        z.open(entry["member"]) as src,
+                        open(tmp, "wb") as dst,
+                    ):
                         shutil.copyfileobj(src, dst, 1 << 20)
                 except (zipfile.BadZipFile, KeyError) as e:
                     raise DataError(f"{name}: {url} is not the expected zip ({e}); {hint}") from None

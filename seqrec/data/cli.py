@@ -17,10 +17,19 @@ _FORMATS_HELP = "\n".join(f"  {k:<14} {v}" for k, v in FORMATS.items())
 
 def dataset_options(f: Callable) -> Callable:
     """Add ``--data-dir`` and ``--format`` (for every command that takes a DATASET argument)."""
-    f = click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default=None,
-                     help="Format of a DATASET file (see `seqrec data --help`); inferred from well-known names.")(f)
-    f = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Where named datasets live (default: $SEQREC_DATA, else ~/.cache/seqrec).")(f)
+    f = click.option(
+        "--format",
+        "fmt",
+        default=None,
+        metavar="NAME",
+        help=f"Format of a DATASET file: {', '.join(FORMATS)} (inferred from well-known file names).",
+    )(f)
+    f = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Where named datasets live (default: $SEQREC_DATA, else ~/.cache/seqrec).",
+    )(f)
     return f
 
 
@@ -28,17 +37,37 @@ def preprocessing_options(f: Callable) -> Callable:
     """Add preprocessing / split / column overrides; they arrive as keyword arguments (None = default)."""
     opts = [
         click.option("--min-rating", type=float, default=None, help="Drop interactions rated below this."),
-        click.option("--dedup/--no-dedup", default=None, help="Keep only the first of repeated (user, item)."),
-        click.option("--min-user", type=click.IntRange(min=0), default=None, help="k-core: min interactions per user."),
-        click.option("--min-item", type=click.IntRange(min=0), default=None, help="k-core: min interactions per item."),
-        click.option("--kcore", type=click.Choice(["fixpoint", "once"]), default=None,
-                     help="Repeat the k-core filter to a fixpoint (default) or apply it once."),
-        click.option("--split", type=click.Choice(list(SPLITS)), default=None, help="Default: leave_one_out."),
-        click.option("--q", type=float, default=None, help="global_temporal: timestamp quantile of the cut (0.95)."),
+        click.option(
+            "--dedup/--no-dedup", default=None, help="Keep only the first of repeated (user, item)."
+        ),
+        click.option(
+            "--min-user", type=click.IntRange(min=0), default=None, help="k-core: min interactions per user."
+        ),
+        click.option(
+            "--min-item", type=click.IntRange(min=0), default=None, help="k-core: min interactions per item."
+        ),
+        click.option(
+            "--kcore",
+            type=click.Choice(["fixpoint", "once"]),
+            default=None,
+            help="Repeat the k-core filter to a fixpoint (default) or apply it once.",
+        ),
+        click.option(
+            "--split", type=click.Choice(list(SPLITS)), default=None, help="Default: leave_one_out."
+        ),
+        click.option(
+            "--q", type=float, default=None, help="global_temporal: timestamp quantile of the cut (0.95)."
+        ),
         click.option("--user-col", default=None, help="csv/parquet: user column (default 'user')."),
         click.option("--item-col", default=None, help="csv/parquet: item column (default 'item')."),
-        click.option("--time-col", default=None, help="csv/parquet: timestamp column (default 'timestamp')."),
-        click.option("--rating-col", default=None, help="csv/parquet: rating column (default: none)."),
+        click.option(
+            "--time-col",
+            default=None,
+            help="csv/parquet: time column (default 'timestamp' if present, else row order; '' for none).",
+        ),
+        click.option(
+            "--rating-col", default=None, help="csv/parquet: rating column (default 'rating' if present)."
+        ),
         click.option("--sep", default=None, help="csv: field separator (default ',')."),
     ]
     for o in reversed(opts):
@@ -46,8 +75,13 @@ def preprocessing_options(f: Callable) -> Callable:
     return f
 
 
-def load_from_options(dataset: str, data_dir: Path | None = None, fmt: str | None = None,
-                      split: str | None = None, **options: Any):
+def load_from_options(
+    dataset: str,
+    data_dir: Path | None = None,
+    fmt: str | None = None,
+    split: str | None = None,
+    **options: Any,
+):
     """``load_dataset`` with CLI option values (None means: keep the dataset's default)."""
     from seqrec.data import load_dataset
 
@@ -55,7 +89,9 @@ def load_from_options(dataset: str, data_dir: Path | None = None, fmt: str | Non
     return load_dataset(dataset, data_dir=data_dir, fmt=fmt, split=split, **options)
 
 
-@click.group(name="data", help=f"""Inspect and prepare datasets.
+@click.group(
+    name="data",
+    help=f"""Inspect and prepare datasets.
 
 DATASET is a dataset name (ml-1m, ml-20m, ml-100k, amazon-beauty, amazon-sports, amazon-games, synthetic,
 synthetic:ml-20m, synthetic:million), a prepared directory, or a file with --format NAME.
@@ -63,7 +99,8 @@ synthetic:ml-20m, synthetic:million), a prepared directory, or a file with --for
 \b
 Formats:
 {_FORMATS_HELP}
-""")
+""",
+)
 def data() -> None:
     pass
 
@@ -94,10 +131,16 @@ def stats(dataset: str, **opts: Any) -> None:
         ("items", str(s["items"])),
         ("interactions", str(s["interactions"])),
         ("density", f"{s['density']:.6f} ({100 * s['density']:.4f}%)"),
-        ("length", f"mean {L['mean']:.2f}  min {L['min']:g}  p25 {L['p25']:g}  median {L['p50']:g}  "
-                   f"p75 {L['p75']:g}  p90 {L['p90']:g}  p99 {L['p99']:g}  max {L['max']:g}"),
-        ("split", f"{m.get('split')}: train interactions {m['split_sizes']['train_interactions']}, "
-                  f"valid users {m['split_sizes']['valid_users']}, test users {m['split_sizes']['test_users']}"),
+        (
+            "length",
+            f"mean {L['mean']:.2f}  min {L['min']:g}  p25 {L['p25']:g}  median {L['p50']:g}  "
+            f"p75 {L['p75']:g}  p90 {L['p90']:g}  p99 {L['p99']:g}  max {L['max']:g}",
+        ),
+        (
+            "split",
+            f"{m.get('split')}: train interactions {m['split_sizes']['train_interactions']}, "
+            f"valid users {m['split_sizes']['valid_users']}, test users {m['split_sizes']['test_users']}",
+        ),
         ("fingerprint", m.get("fingerprint", "")),
     ]
     for k, v in lines:
@@ -106,7 +149,9 @@ def stats(dataset: str, **opts: Any) -> None:
 
 @data.command()
 @_common
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write (atomically).")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Directory to write (atomically)."
+)
 def prepare(dataset: str, out: Path, **opts: Any) -> None:
     """Preprocess and split DATASET into a prepared directory (Parquet + stats.json + meta.json)."""
     from seqrec.data import save_prepared
@@ -114,5 +159,7 @@ def prepare(dataset: str, out: Path, **opts: Any) -> None:
     d = load_from_options(dataset, **opts)
     save_prepared(d, out)
     s = d.meta["stats"]
-    click.echo(f"prepared {d.name}: users {s['users']} items {s['items']} interactions {s['interactions']} "
-               f"split {d.meta.get('split')} -> {out}")
+    click.echo(
+        f"prepared {d.name}: users {s['users']} items {s['items']} interactions {s['interactions']} "
+        f"split {d.meta.get('split')} -> {out}"
+    )

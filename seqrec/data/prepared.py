@@ -82,11 +82,14 @@ def _write(data: PreparedData, d: Path) -> None:
     full = data.full
     users = np.repeat(np.arange(len(full), dtype=np.int32), full.lengths)
     ts = data.timestamps if data.timestamps is not None else np.arange(len(full.items), dtype=np.int64)
-    role = pl.Series("role", np.asarray(ROLE_NAMES)[roles_of(data)], dtype=pl.Enum(list(ROLE_NAMES)))
+    # gather from a 4-value Enum series: no per-row string building
+    role = pl.Series("role", ROLE_NAMES, dtype=pl.Enum(list(ROLE_NAMES))).gather(roles_of(data))
     inter = pl.DataFrame({"user": users, "item": full.items.astype(np.int32), "timestamp": ts, "role": role})
-    for name, df in (("interactions.parquet", inter),
-                     ("users.parquet", pl.DataFrame({"user": np.arange(data.n_users), "raw": data.user_ids})),
-                     ("items.parquet", pl.DataFrame({"item": np.arange(data.n_items + 1), "raw": data.item_ids}))):
+    for name, df in (
+        ("interactions.parquet", inter),
+        ("users.parquet", pl.DataFrame({"user": np.arange(data.n_users), "raw": data.user_ids})),
+        ("items.parquet", pl.DataFrame({"item": np.arange(data.n_items + 1), "raw": data.item_ids})),
+    ):
         with atomic_path(d / name) as tmp:
             df.write_parquet(tmp)
     meta = {k: v for k, v in data.meta.items() if k != "stats"}
@@ -108,13 +111,21 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         user_ids = pl.read_parquet(d / "users.parquet").get_column("raw").to_numpy()
         item_ids = pl.read_parquet(d / "items.parquet").get_column("raw").to_numpy()
     except (OSError, ValueError, pl.exceptions.PolarsError) as e:
-        raise DataError(f"{d}: unreadable prepared directory ({str(e).splitlines()[0] if str(e) else e})") from None
+        raise DataError(
+            f"{d}: unreadable prepared directory ({str(e).splitlines()[0] if str(e) else e})"
+        ) from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{d}/meta.json: format_version {meta.get('format_version')} (this seqrec reads {FORMAT_VERSION})")
-    it = Interactions(users=inter.get_column("user").to_numpy().astype(np.int64),
-                      items=inter.get_column("item").to_numpy().astype(np.int64),
-                      timestamps=inter.get_column("timestamp").to_numpy(), user_ids=user_ids, item_ids=item_ids,
-                      has_time=bool(meta.get("has_time", True)))
+        raise DataError(
+            f"{d}/meta.json: format_version {meta.get('format_version')} (this seqrec reads {FORMAT_VERSION})"
+        )
+    it = Interactions(
+        users=inter.get_column("user").to_numpy().astype(np.int64),
+        items=inter.get_column("item").to_numpy().astype(np.int64),
+        timestamps=inter.get_column("timestamp").to_numpy(),
+        user_ids=user_ids,
+        item_ids=item_ids,
+        has_time=bool(meta.get("has_time", True)),
+    )
     role = inter.get_column("role").to_physical().to_numpy().astype(np.int8)
     want = meta.get("fingerprint")
     if want is not None and fingerprint(item_ids, len(it.items)) != want:

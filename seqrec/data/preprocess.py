@@ -47,8 +47,10 @@ class Preprocessing:
         d = {k: v for k, v in (d or {}).items() if v is not None or k == "min_rating"}
         bad = set(d) - set(cls.__dataclass_fields__)
         if bad:
-            raise ConfigError(f"unknown preprocessing key(s) {', '.join(sorted(bad))} "
-                              f"(known: {', '.join(cls.__dataclass_fields__)})")
+            raise ConfigError(
+                f"unknown preprocessing key(s) {', '.join(sorted(bad))} "
+                f"(known: {', '.join(cls.__dataclass_fields__)})"
+            )
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -87,8 +89,9 @@ def kcore(frame: pl.DataFrame, min_user: int, min_item: int, once: bool = False)
             return frame
 
 
-def preprocess(frame: pl.LazyFrame | pl.DataFrame, prep: Preprocessing, source: str = "data",
-               has_time: bool = True) -> Interactions:
+def preprocess(
+    frame: pl.LazyFrame | pl.DataFrame, prep: Preprocessing, source: str = "data", has_time: bool = True
+) -> Interactions:
     """Apply ``prep`` to a canonical table -> Interactions. ``source`` names the input in errors."""
     lf = frame.lazy()
     cols = lf.collect_schema().names()
@@ -96,7 +99,9 @@ def preprocess(frame: pl.LazyFrame | pl.DataFrame, prep: Preprocessing, source: 
         lf = lf.with_row_index(ORDER)
     if prep.min_rating is not None:
         if "rating" not in cols:
-            raise DataError(f"{source}: min_rating={prep.min_rating} needs a rating column, and this input has none")
+            raise DataError(
+                f"{source}: min_rating={prep.min_rating} needs a rating column, and this input has none"
+            )
         lf = lf.filter(pl.col("rating") >= prep.min_rating)
     try:
         df = lf.select("user", "item", "timestamp", ORDER).collect()
@@ -115,18 +120,41 @@ def preprocess(frame: pl.LazyFrame | pl.DataFrame, prep: Preprocessing, source: 
         df = df.unique(subset=["user", "item"], keep="first", maintain_order=True)
     df = kcore(df, prep.min_user, prep.min_item, once=prep.kcore == "once")
     if df.height == 0:
-        raise DataError(f"{source}: k-core filtering (min_user={prep.min_user}, min_item={prep.min_item}) "
-                        f"leaves no interactions")
-    # contiguous ids in raw-id order (so 1..C raw ids map to themselves for items)
-    df = df.with_columns(pl.col("user").rank("dense").cast(pl.Int64).alias("_u") - 1,
-                         pl.col("item").rank("dense").cast(pl.Int64).alias("_i"))
-    user_ids = df.get_column("user").unique().sort().to_numpy()
-    item_raw = df.get_column("item").unique().sort()
-    item_ids = np.concatenate([np.array([_pad(item_raw)], dtype=item_raw.to_numpy().dtype), item_raw.to_numpy()])
-    # rows are sorted by raw user then time; dense rank keeps that order, so _u is non-decreasing
-    return Interactions(users=df.get_column("_u").to_numpy(), items=df.get_column("_i").to_numpy(),
-                        timestamps=df.get_column("timestamp").to_numpy(), user_ids=user_ids,
-                        item_ids=item_ids, has_time=has_time)
+        raise DataError(
+            f"{source}: k-core filtering (min_user={prep.min_user}, min_item={prep.min_item}) "
+            f"leaves no interactions"
+        )
+    # contiguous ids in raw-id order (so 1..C raw ids map to themselves for items). Rows are sorted by
+    # raw user, so a user's index is the number of user changes before its rows (O(n), no sort).
+    user = df.get_column("user")
+    first = user.ne_missing(user.shift(1)).to_numpy()
+    users = np.cumsum(first, dtype=np.int64) - 1
+    items, item_ids = _dense_ids(df.get_column("item"))
+    return Interactions(
+        users=users,
+        items=items,
+        timestamps=df.get_column("timestamp").to_numpy(),
+        user_ids=user.filter(pl.Series(first)).to_numpy(),
+        item_ids=item_ids,
+        has_time=has_time,
+    )
+
+
+def _dense_ids(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ids -> (codes 1..C in raw-id order, int64 [n]; raw id of each code, [C+1] with a pad at 0)."""
+    if s.dtype.is_integer():
+        a = s.to_numpy().astype(np.int64, copy=False)
+        lo, hi = int(a.min()), int(a.max())
+        if hi - lo < 8 * len(a) + (1 << 20):  # dense enough for a lookup table: O(n) instead of a sort
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[a - lo] = True
+            code = np.cumsum(present, dtype=np.int64)
+            return code[a - lo], np.concatenate([[0], np.flatnonzero(present) + lo])
+    uniq = s.unique().sort()
+    codes = s.replace_strict(uniq, pl.int_range(1, len(uniq) + 1, eager=True), return_dtype=pl.Int64)
+    raw = uniq.to_numpy()
+    pad = np.array([_pad(uniq)], dtype=object if raw.dtype == object or raw.dtype.kind == "U" else raw.dtype)
+    return codes.to_numpy(), np.concatenate([pad, raw.astype(pad.dtype, copy=False)])
 
 
 def _pad(s: pl.Series):

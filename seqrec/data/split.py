@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 
 from seqrec.data.preprocess import Interactions
-from seqrec.data.store import EvalSet, PreparedData, SequenceStore, _ranges
+from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, DataError
 
 TRAIN, VALID, TEST, HOLD = 0, 1, 2, 3
@@ -67,7 +67,12 @@ def _eval_set(users: np.ndarray, items: np.ndarray, off: np.ndarray, idx: np.nda
     """Evaluation rows for target positions ``idx``: history = the user's items before the target."""
     u = users[idx]
     hist_len = idx - off[u]
-    hist = SequenceStore.from_lengths(hist_len, items[_ranges(off[u], hist_len)])
+    # idx is increasing with one target per user, so the histories are the positions covered by
+    # [off[u], idx): mark them with a difference array (O(n), no per-element index arrays)
+    edge = np.zeros(len(items) + 1, dtype=np.int32)
+    np.add.at(edge, off[u], 1)
+    np.add.at(edge, idx, -1)
+    hist = SequenceStore.from_lengths(hist_len, items[np.cumsum(edge[:-1], dtype=np.int32) > 0])
     return EvalSet(users=u, history=hist, targets=items[idx])
 
 
@@ -84,15 +89,29 @@ def build_prepared(name: str, inter: Interactions, role: np.ndarray, meta: dict)
     meta = dict(meta)
     meta.setdefault("stats", stats(inter))
     meta["fingerprint"] = fingerprint(inter.item_ids, len(inter.items))
-    meta["split_sizes"] = {"train_interactions": int(tr.sum()), "valid_users": len(valid),
-                           "test_users": len(test)}
-    return PreparedData(name=name, train=train, valid=valid, test=test, full=full, user_ids=inter.user_ids,
-                        item_ids=inter.item_ids, item_pop=item_pop, meta=meta, timestamps=inter.timestamps,
-                        roles=role)
+    meta["split_sizes"] = {
+        "train_interactions": int(tr.sum()),
+        "valid_users": len(valid),
+        "test_users": len(test),
+    }
+    return PreparedData(
+        name=name,
+        train=train,
+        valid=valid,
+        test=test,
+        full=full,
+        user_ids=inter.user_ids,
+        item_ids=inter.item_ids,
+        item_pop=item_pop,
+        meta=meta,
+        timestamps=inter.timestamps,
+        roles=role,
+    )
 
 
-def split(name: str, inter: Interactions, how: str = "leave_one_out", q: float = 0.95,
-          meta: dict | None = None) -> PreparedData:
+def split(
+    name: str, inter: Interactions, how: str = "leave_one_out", q: float = 0.95, meta: dict | None = None
+) -> PreparedData:
     """Split ``inter`` with ``how`` (one of SPLITS) -> PreparedData."""
     meta = dict(meta or {}, name=name, split=how, has_time=inter.has_time)
     if how == "leave_one_out":
@@ -118,6 +137,13 @@ def stats(inter: Interactions) -> dict:
     lengths = inter.lengths
     U, C, n = len(inter.user_ids), len(inter.item_ids) - 1, len(inter.items)
     pct = np.percentile(lengths, [0, 25, 50, 75, 90, 99, 100]) if U else np.zeros(7)
-    return {"users": U, "items": C, "interactions": n, "density": n / max(U * C, 1),
-            "length": {"mean": float(lengths.mean()) if U else 0.0,
-                       **{k: float(v) for k, v in zip(["min", "p25", "p50", "p75", "p90", "p99", "max"], pct)}}}
+    return {
+        "users": U,
+        "items": C,
+        "interactions": n,
+        "density": n / max(U * C, 1),
+        "length": {
+            "mean": float(lengths.mean()) if U else 0.0,
+            **dict(zip(("min", "p25", "p50", "p75", "p90", "p99", "max"), map(float, pct), strict=True)),
+        },
+    }

@@ -69,7 +69,11 @@ class SequenceStore:
         out = np.zeros((len(rows), width), dtype=np.int64)
         idx = _ranges(ends - lengths, lengths)
         r = np.repeat(np.arange(len(rows)), lengths)
-        c = width - np.repeat(lengths, lengths) + (np.arange(len(idx)) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+        c = (
+            width
+            - np.repeat(lengths, lengths)
+            + (np.arange(len(idx)) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+        )
         out[r, c] = self.items[idx]
         return out
 

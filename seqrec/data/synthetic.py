@@ -46,11 +46,27 @@ PRESETS: dict[str, SyntheticParams] = {
     # trains SASRec in well under a minute on 2 CPU cores
     "default": SyntheticParams(),
     # ML-20M's shape: 138,493 users, 26,744 items, ~20.0M interactions (repeats kept so the count holds)
-    "ml-20m": SyntheticParams(n_users=138_493, n_items=26_744, n_clusters=500, mean_len=144.4, min_len=20,
-                              max_len=9_254, len_sigma=1.0, dedup=False),
+    "ml-20m": SyntheticParams(
+        n_users=138_493,
+        n_items=26_744,
+        n_clusters=500,
+        mean_len=144.4,
+        min_len=20,
+        max_len=9_254,
+        len_sigma=1.0,
+        dedup=False,
+    ),
     # a million-item catalog for scale tests (~10M interactions)
-    "million": SyntheticParams(n_users=200_000, n_items=1_000_000, n_clusters=20_000, mean_len=50.0,
-                               min_len=5, max_len=2_000, len_sigma=0.8, dedup=False),
+    "million": SyntheticParams(
+        n_users=200_000,
+        n_items=1_000_000,
+        n_clusters=20_000,
+        mean_len=50.0,
+        min_len=5,
+        max_len=2_000,
+        len_sigma=0.8,
+        dedup=False,
+    ),
 }
 
 
@@ -61,7 +77,9 @@ def params_for(preset: str = "default", **overrides) -> SyntheticParams:
     fields = set(asdict(PRESETS[preset]))
     bad = set(overrides) - fields
     if bad:
-        raise ConfigError(f"unknown synthetic parameter(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(fields))})")
+        raise ConfigError(
+            f"unknown synthetic parameter(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(fields))})"
+        )
     p = replace(PRESETS[preset], **overrides)
     _validate(p)
     return p
@@ -75,8 +93,10 @@ def _validate(p: SyntheticParams) -> None:
         (1 <= p.min_len <= p.max_len, "need 1 <= min_len <= max_len"),
         (p.mean_len > 0 and p.len_sigma >= 0, "mean_len must be > 0 and len_sigma >= 0"),
         (p.successors >= 1 and p.cluster_fanout >= 1, "successors and cluster_fanout must be >= 1"),
-        (0 <= p.p_successor and 0 <= p.p_cluster and p.p_successor + p.p_cluster <= 1,
-         "p_successor, p_cluster must be >= 0 with sum <= 1"),
+        (
+            0 <= p.p_successor and 0 <= p.p_cluster and p.p_successor + p.p_cluster <= 1,
+            "p_successor, p_cluster must be >= 0 with sum <= 1",
+        ),
         (p.zipf >= 0, "zipf must be >= 0"),
     ]
     for ok, msg in checks:
@@ -115,13 +135,17 @@ def generate(params: SyntheticParams | None = None, **overrides) -> pl.DataFrame
 
     fan_p = _decreasing(p.cluster_fanout)
     cnext = rng.integers(0, K, size=(K, p.cluster_fanout))
-    succ_c = cnext[np.repeat(cluster_of, p.successors), rng.choice(p.cluster_fanout, C * p.successors, p=fan_p)]
+    succ_c = cnext[
+        np.repeat(cluster_of, p.successors), rng.choice(p.cluster_fanout, C * p.successors, p=fan_p)
+    ]
     succ = from_cluster(succ_c).reshape(C, p.successors)
     succ_p = _decreasing(p.successors)
 
     # sequence lengths: log-normal with the requested mean
     mu = np.log(p.mean_len) - p.len_sigma**2 / 2
-    lengths = np.clip(np.rint(rng.lognormal(mu, p.len_sigma, p.n_users)), p.min_len, p.max_len).astype(np.int64)
+    lengths = np.clip(np.rint(rng.lognormal(mu, p.len_sigma, p.n_users)), p.min_len, p.max_len).astype(
+        np.int64
+    )
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     order = np.argsort(-lengths, kind="stable")  # users active at step t are a prefix of `order`
     # number of users with length > t, for t = 0..max-1 (lengths[order] is descending)

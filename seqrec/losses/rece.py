@@ -39,6 +39,9 @@ def _bucket_ids(vectors: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     return torch.cat([(vectors[i:i + chunk].float() @ p).argmax(1) for i in rows])
 
 
+KEYS = ("order_x", "order_w", "chunk_x", "chunk_w", "rank_w")
+
+
 @torch.no_grad()
 def rece_hash(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, n_chunks: int, rounds: int,
               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -46,25 +49,29 @@ def rece_hash(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, n_ch
 
     Returns ``order_x`` [r, n_c * p] and ``order_w`` [r, n_c * q]: positions / items in chunk order
     (chunk k holds slots k*p ... k*p + p - 1), -1 for padding slots; and ``chunk_x`` [r, N],
-    ``chunk_w`` [r, C]: each position's / item's chunk id. p = ceil(N / n_c), q = ceil(C / n_c).
+    ``chunk_w`` [r, C]: each position's / item's chunk id; ``rank_w`` [r, C]: each item's slot in
+    ``order_w``. p = ceil(N / n_c), q = ceil(C / n_c).
     """
     n, d = hidden.shape
     c = item_emb.shape[0]
     dev = hidden.device
     p, q = -(-n // n_chunks), -(-c // n_chunks)
-    out = {k: [] for k in ("order_x", "order_w", "chunk_x", "chunk_w")}
+    # int16 chunk ids halve the traffic of the multiplicity count, which runs over whole blocks
+    cdt = torch.int16 if n_chunks < 2**15 else torch.int32
+    out = {k: [] for k in KEYS}
     with torch.autocast(dev.type, enabled=False):
         for _ in range(rounds):
             proj = torch.randn(n_buckets, d, generator=generator, device=dev)
             for side, vecs, size in (("x", hidden.detach(), p), ("w", item_emb.detach(), q)):
                 m = vecs.shape[0]
                 order = torch.sort(_bucket_ids(vecs, proj), stable=True).indices
-                # int32: the multiplicity count subtracts these over whole [G, p, window] blocks
-                chunk_of = torch.empty(m, dtype=torch.int32, device=dev)
-                chunk_of[order] = (torch.arange(m, device=dev) // size).int()
+                rank = torch.empty(m, dtype=torch.long, device=dev)
+                rank[order] = torch.arange(m, device=dev)
                 pad = torch.full((n_chunks * size - m,), -1, dtype=torch.long, device=dev)
                 out[f"order_{side}"].append(torch.cat([order, pad]))
-                out[f"chunk_{side}"].append(chunk_of)
+                out[f"chunk_{side}"].append((rank // size).to(cdt))
+                if side == "w":
+                    out["rank_w"].append(rank)
     return {k: torch.stack(v) for k, v in out.items()}
 
 
@@ -83,31 +90,42 @@ def _block(hidden, item_emb, targets, h, plan: _Plan, rnd: int, k0: int, ac):
     """Logits float32 [G, p, window] of position chunks k0..k0+G-1 in round ``rnd``.
 
     Target and padding masked to -inf, log-multiplicity subtracted. Also returns the position and
-    item indices (clamped, with validity mask of positions) and the gathered rows.
+    item indices (clamped to be valid gather indices), the positions' validity and the gathered rows.
     """
     p, q, e = plan.p, plan.q, plan.e
     k1 = min(plan.n_c, k0 + plan.g)
     ix = h["order_x"][rnd, k0 * p:k1 * p].view(k1 - k0, p)
-    # item chunks k-e..k+e: pad e chunks of -1 on both sides, then slide a window of 2e+1 chunks
-    ow = h["order_w"][rnd]
-    if e:
-        edge = torch.full((e * q,), -1, dtype=ow.dtype, device=ow.device)
-        ow = torch.cat([edge, ow, edge])
-    iw = ow.unfold(0, plan.window, q)[k0:k1]  # [G, window] (a view)
+    # item chunks k-e..k+e of every k in the group: slots (k0-e)q .. (k1+e)q, -1 beyond the ends,
+    # then a sliding window of 2e+1 chunks
+    full = h["order_w"][rnd]
+    lo, hi = (k0 - e) * q, (k1 + e) * q
+    ow = torch.cat([full.new_full((max(0, -lo),), -1), full[max(lo, 0):hi],
+                    full.new_full((max(0, hi - full.numel()),), -1)])
+    iw = ow.unfold(0, plan.window, q)  # [G, window]
     valid_x, valid_w = ix >= 0, iw >= 0
     ix, iw = ix.clamp(min=0), iw.clamp(min=0)
     xb, wb = hidden[ix], item_emb[iw]
     logits = _bmm(xb, wb, ac)
     if plan.r > 1:
         # times this (position, item) pair is met over all rounds: neighbour chunks in round t
-        count = torch.zeros(logits.shape, dtype=torch.int16, device=logits.device)
+        # (always in this round, so count = 1 + matches in the other rounds)
+        extra = None
         for t in range(plan.r):
-            cx, cw = h["chunk_x"][t, ix], h["chunk_w"][t, iw]
-            count += ((cx.unsqueeze(2) - cw.unsqueeze(1)).abs() <= e)
-        logits.sub_(count.clamp_(min=1).float().log_())
-        del count
-    mask = (targets[ix].unsqueeze(2) == iw.unsqueeze(1)) | ~valid_w.unsqueeze(1)
-    logits.masked_fill_(mask, float("-inf"))
+            if t == rnd:
+                continue
+            near = (h["chunk_w"][t, iw].unsqueeze(1) - h["chunk_x"][t, ix].unsqueeze(2)).abs_().le_(e)
+            extra = near if extra is None else extra.add_(near)
+            del near
+        logits.sub_(extra.float().log1p_())
+        del extra
+    if not bool(valid_w.all()):
+        logits.masked_fill_(~valid_w.unsqueeze(1), float("-inf"))
+    # the position's own target (at most once per window, items being unique within a round) is
+    # the appended class, never a negative: find its column from its rank instead of comparing
+    col = h["rank_w"][rnd, targets[ix]] - (torch.arange(k0, k1, device=ix.device).unsqueeze(1) - e) * q
+    hit = (col >= 0) & (col < plan.window)
+    g_idx, p_idx = hit.nonzero(as_tuple=True)
+    logits[g_idx, p_idx, col[g_idx, p_idx]] = float("-inf")
     return logits, ix, valid_x, iw, xb, wb
 
 
@@ -116,7 +134,7 @@ class _RECEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, item_emb, targets, plan, *h_tensors):
-        h = dict(zip(("order_x", "order_w", "chunk_x", "chunk_w"), h_tensors, strict=True))
+        h = dict(zip(KEYS, h_tensors, strict=True))
         ac = _autocast_state(hidden.device.type)
         pos = _positive_logits(hidden, item_emb, targets)
         lse = pos.clone()  # running log-sum-exp over [positive, candidates of every round]
@@ -135,7 +153,7 @@ class _RECEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, item_emb, targets, lse, pos, *h_tensors = ctx.saved_tensors
-        h = dict(zip(("order_x", "order_w", "chunk_x", "chunk_w"), h_tensors, strict=True))
+        h = dict(zip(KEYS, h_tensors, strict=True))
         plan = ctx.plan
         n, d = hidden.shape
         g = grad_loss.float()
@@ -153,7 +171,7 @@ class _RECEFunction(torch.autograd.Function):
         dpos = g * (torch.exp(pos - lse) - 1.0)  # softmax - 1 on the appended true class
         dx.add_(dpos.unsqueeze(1) * item_emb[targets].float())
         dw.index_add_(0, targets, dpos.unsqueeze(1) * hidden.float())
-        return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None, None, None, None, None
+        return (dx.to(hidden.dtype), dw.to(item_emb.dtype)) + (None,) * (2 + len(KEYS))
 
 
 @register_loss
@@ -204,8 +222,7 @@ class RECE(Loss):
         n_b, n_c = self.resolve(n, c)
         h = rece_hash(hidden, item_emb, n_b, n_c, self.rounds, ctx.generator)
         plan = _Plan(n, c, d, n_c, self.n_extra_chunks, self.rounds)
-        per_pos = _RECEFunction.apply(hidden, item_emb, targets.long(), plan,
-                                      h["order_x"], h["order_w"], h["chunk_x"], h["chunk_w"])
+        per_pos = _RECEFunction.apply(hidden, item_emb, targets.long(), plan, *(h[k] for k in KEYS))
         ctx.stats["rece_n_chunks"] = float(n_c)
         return per_pos.mean()
 

@@ -52,6 +52,28 @@ class _GatherDot(torch.autograd.Function):
         return dx, dw.to(w.dtype), None, None
 
 
+class _SampledCE(torch.autograd.Function):
+    """mean_p [lse(pos_p, neg_p) - pos_p] with a one-buffer backward: the saved [N, n] negative
+    logits are turned into their own gradient in place (softmax * grad / N)."""
+
+    @staticmethod
+    def forward(ctx, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        m = torch.maximum(pos, neg.amax(1)).detach()
+        lse = m + torch.log(torch.exp(pos - m) + torch.exp(neg - m[:, None]).sum(1))
+        ctx.save_for_backward(pos, neg, lse)
+        return (lse - pos).mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        pos, neg, lse = ctx.saved_tensors
+        scale = g / pos.numel()
+        # nothing else reads ``neg`` after this node (masked_fill_/index keep masks and indices only)
+        gneg = neg.sub_(lse[:, None]).exp_().mul_(scale)
+        gpos = (torch.exp(pos - lse) - 1.0) * scale
+        return gpos, gneg
+
+
 def _pack(seq: torch.Tensor, r: int) -> tuple[torch.Tensor, int]:
     """Slot of each position inside its sequence (0..len-1, in position order) and the longest length."""
     order = torch.argsort(seq, stable=True)
@@ -66,7 +88,7 @@ class SampledLoss(Loss):
     """Shared machinery: sampler, validated knobs, positive/negative logits with masks."""
 
     def __init__(self, n_negatives: int = 1, sampler: str = "uniform", shared: bool = False,
-                 pop_alpha: float = 1.0, memory_budget_mb: float = 64.0) -> None:
+                 pop_alpha: float = 1.0, memory_budget_mb: float = 16.0) -> None:
         self._sampler = NegativeSampler(n_negatives, sampler, shared, pop_alpha)  # validates
         if not memory_budget_mb > 0:
             raise ConfigError(f"{self.name}: memory_budget_mb must be > 0, got {memory_budget_mb!r}")
@@ -90,9 +112,13 @@ class SampledLoss(Loss):
             xp = x.new_zeros((neg.ids.shape[0], lmax, x.shape[1])).index_put((seq, slot), x)
             s = torch.bmm(xp, w[neg.ids].to(x.dtype).transpose(1, 2))  # [R, L, n]
             logits = s[seq, slot].float()
+            del s
+            # target vs the row's negatives, compared packed: bool [R, L, n], never int64 [N, n]
+            yp = y.new_full((neg.ids.shape[0], lmax), -1).index_put_((seq, slot), y)
+            mask = (neg.ids[:, None, :] != yp[:, :, None])[seq, slot]
         else:
             logits = _GatherDot.apply(x, w, neg.ids, self._chunk(x.shape[1]))
-        mask = neg.ids[neg.row] != y[:, None]
+            mask = neg.ids != y[:, None]
         return pos, logits, mask, neg
 
     def _sampled_bytes(self, n: int, c: int, d: int, dtype_bytes: int) -> int:
@@ -122,7 +148,7 @@ class BCE(SampledLoss):
     name = "bce"
 
     def __init__(self, n_negatives: int = 1, sampler: str = "uniform", shared: bool = False,
-                 pop_alpha: float = 1.0, memory_budget_mb: float = 64.0) -> None:
+                 pop_alpha: float = 1.0, memory_budget_mb: float = 16.0) -> None:
         super().__init__(n_negatives, sampler, shared, pop_alpha, memory_budget_mb)
 
     def beta(self, c: int) -> float:
@@ -153,7 +179,7 @@ class GBCE(BCE):
     name = "gbce"
 
     def __init__(self, n_negatives: int = 256, t: float = 0.75, sampler: str = "uniform",
-                 shared: bool = False, pop_alpha: float = 1.0, memory_budget_mb: float = 64.0) -> None:
+                 shared: bool = False, pop_alpha: float = 1.0, memory_budget_mb: float = 16.0) -> None:
         super().__init__(n_negatives, sampler, shared, pop_alpha, memory_budget_mb)
         if not 0.0 <= t <= 1.0:
             raise ConfigError(f"gbce: t must be in [0, 1], got {t!r}")
@@ -175,7 +201,7 @@ class SampledSoftmax(SampledLoss):
 
     def __init__(self, n_negatives: int = 3000, sampler: str = "uniform", shared: bool = True,
                  pop_alpha: float = 1.0, logq: bool = False, in_batch: bool = False,
-                 memory_budget_mb: float = 64.0) -> None:
+                 memory_budget_mb: float = 16.0) -> None:
         super().__init__(n_negatives, sampler, shared, pop_alpha, memory_budget_mb)
         self.logq = bool(logq)
         self.in_batch = bool(in_batch)
@@ -183,12 +209,13 @@ class SampledSoftmax(SampledLoss):
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
                 ctx: LossContext) -> torch.Tensor:
         pos, neg, mask, draw = self.scores(hidden, targets, item_emb, ctx)
+        # in place where autograd allows it (the gather producing ``neg`` does not keep its output)
         if self.logq:
-            neg = neg - (draw.log_q[draw.row] + math.log(self.n_negatives))
-        parts, masks = [pos[:, None], neg], [torch.ones_like(pos, dtype=torch.bool)[:, None], mask]
+            neg = neg.sub_(draw.log_q[draw.row] + math.log(self.n_negatives))
+        neg = neg.masked_fill_(~mask, float("-inf"))
         if self.in_batch:
             items, counts = torch.unique(targets, return_counts=True)
-            s = (hidden.float() @ item_emb[items].float().T)  # [N, U]
+            s = hidden.float() @ item_emb[items].float().T  # [N, U]
             if self.logq:
                 n = targets.numel()
                 if ctx.item_pop is not None:
@@ -199,10 +226,9 @@ class SampledSoftmax(SampledLoss):
                 # P(item among the batch's N targets) = 1 - (1 - q)^N
                 incl = -torch.expm1(n * torch.log1p(-q.clamp(max=1 - 1e-12)))
                 s = s - incl.clamp_min(1e-30).log().float()
-            parts.append(s)
-            masks.append(items[None, :] != targets[:, None])
-        logits = torch.cat(parts, 1).masked_fill(~torch.cat(masks, 1), float("-inf"))
-        return F.cross_entropy(logits, torch.zeros_like(targets))
+            s = s.masked_fill(items[None, :] == targets[:, None], float("-inf"))
+            neg = torch.cat([neg, s], 1)
+        return _SampledCE.apply(pos, neg)
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
         k = self.n_negatives + 1

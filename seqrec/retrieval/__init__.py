@@ -109,7 +109,8 @@ def approximation_report(retriever: Retriever, queries: Any, k: int, exclude: An
     else:
         with torch.no_grad():
             filt = Filters(len(rows), retriever.n_items, sub_ex)
-            _, exact = exact_topk(torch.from_numpy(retriever.item_embeddings()), torch.from_numpy(qs), k, filt)
+            emb = torch.from_numpy(retriever.item_embeddings())
+            _, exact = exact_topk(emb, torch.from_numpy(qs), k, filt)
     return {"recall@k_vs_exact": recall_at_k(approx, exact), "sample": int(len(rows)), "k": int(k)}
 
 

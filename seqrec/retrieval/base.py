@@ -162,6 +162,7 @@ class Retriever:
     backend: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
+    search_time: ClassVar[tuple[str, ...]] = ()  # parameters set_params may change after build
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -179,6 +180,18 @@ class Retriever:
     def params(self) -> dict[str, Any]:
         """The hyper-parameters in force: defaults, overridden by the given ones, resolved by build."""
         return {**self.defaults, **self.given, **self._resolved}
+
+    def set_params(self, **params: Any) -> Retriever:
+        """Change search-time parameters (e.g. ``nprobe``, ``ef_search``) without rebuilding."""
+        bad = sorted(set(params) - set(self.search_time))
+        if bad:
+            raise ConfigError(f"retrieval backend '{self.backend}': {bad[0]!r} cannot change after build; "
+                              f"search-time parameters: {', '.join(self.search_time) or 'none'}")
+        self.given.update(params)
+        self._resolved.update(params)
+        if self._built:
+            self._configure()
+        return self
 
     def build(self, item_emb: Array) -> Retriever:
         """Index ``item_emb`` float [C, d] (row c = catalog item c). Returns self."""
@@ -246,6 +259,9 @@ class Retriever:
     # -- backend hooks ----------------------------------------------------------------------
     def _build(self, emb: Array) -> None:
         raise NotImplementedError
+
+    def _configure(self) -> None:
+        """Apply search-time parameters (after build, load or set_params)."""
 
     def _search(self, q: Array, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

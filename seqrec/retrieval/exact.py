@@ -151,13 +151,18 @@ class TorchRetriever(Retriever):
     backend = "torch"
     exact = True
     defaults: dict[str, Any] = {"device": "auto", "block_mb": 64.0, "chunk": None}
+    search_time = ("block_mb", "chunk")
 
-    def _build(self, emb: Any) -> None:
+    def _configure(self) -> None:
         p = self.params
         if not isinstance(p["block_mb"], int | float) or p["block_mb"] <= 0:
             raise ConfigError(f"retrieval parameter block_mb must be > 0, got {p['block_mb']!r}")
         if p["chunk"] is not None and (not isinstance(p["chunk"], int) or p["chunk"] < 1):
             raise ConfigError(f"retrieval parameter chunk must be a positive integer, got {p['chunk']!r}")
+
+    def _build(self, emb: Any) -> None:
+        self._configure()
+        p = self.params
         self._device = resolve_device(str(p["device"]))
         t = emb if isinstance(emb, torch.Tensor) else torch.from_numpy(emb)
         self._emb = t.to(self._device, torch.float32).contiguous()
@@ -182,5 +187,6 @@ class TorchRetriever(Retriever):
             emb = np.load(path)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: cannot read the saved item embeddings ({e})") from None
+        self._configure()
         self._device = resolve_device(str(self.params["device"]))
         self._emb = torch.from_numpy(emb).to(self._device, torch.float32).contiguous()

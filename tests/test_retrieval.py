@@ -1,0 +1,285 @@
+"""Retrieval layer: exactness, filters (exclude / allow / deny), padding, fallback, save/load."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.errors import ConfigError, DataError, SeqrecError
+from seqrec.retrieval import (
+    BACKENDS,
+    approximation_report,
+    build_retriever,
+    load_retriever,
+    recall_at_k,
+)
+from seqrec.retrieval.exact import TorchRetriever
+
+try:
+    import faiss  # noqa: F401
+except ImportError:
+    faiss = None
+needs_faiss = pytest.mark.skipif(faiss is None, reason="faiss backends need faiss-cpu installed")
+ALL = [b if b == "torch" else pytest.param(b, marks=needs_faiss) for b in BACKENDS]
+
+C, D, M, K = 600, 16, 40, 10
+
+
+def clustered(n: int, seed: int, d: int = D, centres: int = 12) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cent = np.random.default_rng(99).standard_normal((centres, d)).astype(np.float32) * 2
+    return (cent[rng.integers(0, centres, n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return clustered(C, 0), clustered(M, 1)
+
+
+def reference(emb: np.ndarray, q: np.ndarray, k: int, banned: list[set[int]] | None = None,
+              allowed: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float64: (score desc, id asc), -1/-inf padding."""
+    s = q.astype(np.float64) @ emb.astype(np.float64).T
+    ids = np.full((len(q), k), -1)
+    scores = np.full((len(q), k), -np.inf)
+    for r in range(len(q)):
+        cand = [c for c in range(len(emb)) if (allowed is None or c in allowed)
+                and (banned is None or c not in banned[r])]
+        cand.sort(key=lambda c: (-s[r, c], c))
+        cand = cand[:k]
+        ids[r, : len(cand)] = cand
+        scores[r, : len(cand)] = s[r, cand]
+    return scores, ids
+
+
+def csr(sets: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
+    items = np.array([i for s in sets for i in s], dtype=np.int64)
+    return offsets, items
+
+
+def approx_params(backend: str) -> dict:
+    return {"faiss-ivf": {"nprobe": 4}, "faiss-hnsw": {"ef_search": 64}}.get(backend, {})
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_agrees_with_exact(backend, data):
+    emb, q = data
+    r = build_retriever(backend, **approx_params(backend)).build(emb)
+    scores, ids = r.search(q, K)
+    ref_s, ref_i = reference(emb, q, K)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64 and ids.shape == (M, K)
+    assert np.all(np.diff(scores, axis=1) <= 0), "rows must be sorted by score"
+    if r.exact:
+        np.testing.assert_array_equal(ids, ref_i)
+        np.testing.assert_allclose(scores, ref_s, rtol=1e-4, atol=1e-4)
+    else:
+        assert recall_at_k(ids, ref_i) >= 0.9
+        # returned scores are the true inner products of the returned items
+        np.testing.assert_allclose(scores, np.take_along_axis(q @ emb.T, ids, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_torch_accepts_tensors_and_small_blocks(data):
+    emb, q = data
+    a = build_retriever("torch").build(torch.from_numpy(emb)).search(torch.from_numpy(q), K)
+    b = build_retriever("torch", chunk=37, block_mb=0.01).build(emb).search(q, K)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [None, 3, 7])
+def test_ties_break_by_lower_id(chunk):
+    # 4 distinct vectors, each repeated: many exact ties, across chunk boundaries (small integers,
+    # so that every inner product is exact in float32 whatever the summation order)
+    rng = np.random.default_rng(0)
+    base = rng.integers(-3, 4, (4, 8)).astype(np.float32)
+    emb = base[np.arange(40) % 4]
+    q = rng.integers(-3, 4, (5, 8)).astype(np.float32)
+    s, ids = build_retriever("torch", chunk=chunk).build(emb).search(q, 13)
+    _, ref = reference(emb, q, 13)
+    np.testing.assert_array_equal(ids, ref)
+    # all-equal scores: plain id order
+    s, ids = build_retriever("torch", chunk=chunk).build(np.zeros((30, 4), np.float32)).search(
+        np.ones((2, 4), np.float32), 11)
+    np.testing.assert_array_equal(ids, np.tile(np.arange(11), (2, 1)))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_excluded_and_denied_never_returned(backend, data):
+    emb, q = data
+    rng = np.random.default_rng(3)
+    _, top = reference(emb, q, 30)
+    # each row excludes its own best items (so filtering matters) plus random ones, with duplicates
+    sets = [list(top[r, : rng.integers(0, 25)]) + list(rng.integers(0, C, 5)) * 2 for r in range(M)]
+    deny = rng.integers(0, C, 50)
+    r = build_retriever(backend, **approx_params(backend)).build(emb)
+    scores, ids = r.search(q, K, exclude=csr(sets), deny=deny)
+    for row in range(M):
+        assert not set(ids[row]) & (set(sets[row]) | set(deny.tolist()))
+        assert (ids[row] >= 0).all(), "enough items remain: the row must be full"
+    ref_s, ref_i = reference(emb, q, K, banned=[set(s) | set(deny.tolist()) for s in sets])
+    if r.exact:
+        np.testing.assert_array_equal(ids, ref_i)
+    else:
+        assert recall_at_k(ids, ref_i) >= 0.9
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("n_allow", [20, 400])  # small: exact over the allowed; large: over-fetch
+def test_allow_list_respected(backend, n_allow, data):
+    emb, q = data
+    rng = np.random.default_rng(4)
+    allow = rng.choice(C, n_allow, replace=False)
+    deny = allow[:3]
+    sets = [list(rng.integers(0, C, 8)) for _ in range(M)]
+    r = build_retriever(backend, **approx_params(backend)).build(emb)
+    _, ids = r.search(q, K, exclude=csr(sets), allow=allow, deny=deny)
+    ok = set(allow.tolist()) - set(deny.tolist())
+    for row in range(M):
+        assert set(ids[row]) <= ok and not set(ids[row]) & set(sets[row])
+        assert (ids[row] >= 0).all()
+    _, ref_i = reference(emb, q, K, banned=[set(s) for s in sets], allowed=ok)
+    if r.exact:
+        np.testing.assert_array_equal(ids, ref_i)
+    else:
+        assert recall_at_k(ids, ref_i) >= 0.9
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_k_larger_than_remaining_catalog(backend):
+    emb = clustered(60, 5)
+    q = clustered(4, 6)
+    sets = [list(range(0, 60, 2)), [], list(range(59)), list(range(60))]
+    deny = [1, 3]
+    params = {"faiss-ivf": {"nlist": 1}}.get(backend, {})
+    s, ids = build_retriever(backend, **params).build(emb).search(q, 50, exclude=csr(sets), deny=deny)
+    assert ids.shape == (4, 50)
+    remaining = [60 - len(set(x) | set(deny)) for x in sets]  # 28, 58, 1, 0
+    for row, n in enumerate(remaining):
+        got = ids[row][ids[row] >= 0]
+        assert len(got) == min(n, 50) and len(set(got.tolist())) == len(got)
+        assert (ids[row, len(got):] == -1).all() and np.isneginf(s[row, len(got):]).all()
+        assert np.isfinite(s[row, : len(got)]).all()
+
+
+@needs_faiss
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
+@pytest.mark.parametrize("n_banned,max_fetch,refills", [(30, 8192, True), (150, 64, False)])
+def test_refill_and_exact_fallback(backend, n_banned, max_fetch, refills, data, monkeypatch):
+    emb, q = data
+    _, top = reference(emb, q, 200)
+    sets = [list(top[r, :n_banned]) for r in range(M)]  # the index's first page is all excluded
+    # no over-fetch: the first search returns only excluded items, so rows must be refilled
+    r = build_retriever(backend, overfetch_cap=0, max_fetch=max_fetch, **approx_params(backend)).build(emb)
+    fetched, exact_calls = [], []
+    raw, exact = r._raw, r._exact
+    monkeypatch.setattr(r, "_raw", lambda qq, kf: fetched.append(kf) or raw(qq, kf))
+    monkeypatch.setattr(r, "_exact", lambda qq, k, f: exact_calls.append(len(qq)) or exact(qq, k, f))
+    _, ids = r.search(q, K, exclude=csr(sets))
+    assert (ids >= 0).all()
+    assert all(not set(ids[i]) & set(sets[i]) for i in range(M))
+    _, ref_i = reference(emb, q, K, banned=[set(s) for s in sets])
+    assert recall_at_k(ids, ref_i) >= 0.9
+    assert fetched[0] == 16 and max(fetched) > 16  # k=10 rounded up to 16, then refilled with more
+    if refills:
+        assert not exact_calls, "a refill within max_fetch must not need the exact fallback"
+    else:
+        assert max(fetched) == 64 and sum(exact_calls) == M  # capped: every row answered exactly
+
+
+@needs_faiss
+def test_ivf_fills_rows_its_probed_cells_cannot(data):
+    emb, q = data
+    # one probed cell out of many, and a deny-list removing most items: probing cannot fill k
+    r = build_retriever("faiss-ivf", nlist=15, nprobe=1).build(emb)
+    deny = np.arange(0, C - 40)
+    s, ids = r.search(q, K, deny=deny)
+    assert (ids >= C - 40).all()
+    _, ref_i = reference(emb, q, K, allowed=set(range(C - 40, C)))
+    assert recall_at_k(ids, ref_i) >= 0.9
+
+
+@needs_faiss
+def test_faissless_install_falls_back_to_torch(monkeypatch, data, tmp_path):
+    emb, q = data
+    saved = build_retriever("faiss-flat").build(emb).save(tmp_path / "flat")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    msg = "faiss is not importable: retrieval backend 'faiss-hnsw' falls back to exact 'torch'"
+    with pytest.warns(RuntimeWarning, match=msg):
+        r = build_retriever("faiss-hnsw", ef_search=64)
+    assert isinstance(r, TorchRetriever)
+    _, ids = r.build(emb).search(q, K)
+    np.testing.assert_array_equal(ids, reference(emb, q, K)[1])
+    with pytest.raises(DataError, match="needs faiss"):
+        load_retriever(saved)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_save_load_round_trip(backend, data, tmp_path):
+    emb, q = data
+    r = build_retriever(backend, **approx_params(backend)).build(emb)
+    before = r.search(q, K, deny=[0, 1])
+    path = r.save(tmp_path / "index" / backend)
+    r.save(path)  # overwriting an existing index works (atomic swap)
+    assert sorted(p.name for p in tmp_path.joinpath("index").iterdir()) == [backend]
+    back = load_retriever(path)
+    assert type(back) is type(r) and back.params == r.params and back.n_items == C
+    after = back.search(q, K, deny=[0, 1])
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[0], after[0])
+
+
+@needs_faiss
+def test_params_validation():
+    with pytest.raises(ConfigError, match="unknown retrieval backend 'annoy'"):
+        build_retriever("annoy")
+    with pytest.raises(ConfigError, match="no parameter 'nprobe'"):
+        build_retriever("faiss-hnsw", nprobe=3)
+    with pytest.raises(ConfigError, match="nprobe must be an integer"):
+        build_retriever("faiss-ivf", nprobe=0).build(clustered(100, 0))
+    with pytest.raises(ConfigError, match="cannot change after build"):
+        build_retriever("faiss-hnsw").set_params(M=8)
+    r = build_retriever("faiss-ivf").build(clustered(200, 0))
+    assert r.params["nlist"] == 5 and r.params["nprobe"] == 5  # 200 items: 2 sqrt(C) capped at C / 39
+    r = build_retriever("faiss-ivf").build(clustered(20000, 0))
+    assert r.params["nlist"] == 283 and r.params["nprobe"] == 8
+    assert r.set_params(nprobe=5).params["nprobe"] == 5 and r._index.nprobe == 5
+
+
+def test_bad_inputs_are_refused(data):
+    emb, q = data
+    r = build_retriever("torch")
+    with pytest.raises(SeqrecError, match="not built"):
+        r.search(q, K)
+    r.build(emb)
+    with pytest.raises(SeqrecError, match="dimension"):
+        r.search(q[:, :3], K)
+    with pytest.raises(SeqrecError, match="k must be a positive integer"):
+        r.search(q, 0)
+    with pytest.raises(SeqrecError, match=r"id -1 outside the catalog \[0, 600\)"):
+        r.search(q[:1], K, exclude=(np.array([0, 1]), np.array([-1])))
+    with pytest.raises(SeqrecError, match="exclude offsets"):
+        r.search(q[:2], K, exclude=(np.array([0, 1]), np.array([1])))
+    with pytest.raises(SeqrecError, match="allow holds id 600"):
+        r.search(q, K, allow=[600])
+
+
+@needs_faiss
+def test_recall_at_k_and_approximation_report(data):
+    exact = np.array([[1, 2, 3, -1], [4, 5, 6, 7], [-1, -1, -1, -1]])
+    approx = np.array([[3, 9, 1, -1], [7, 6, 5, 4], [1, 2, 3, 4]])
+    assert recall_at_k(approx, exact) == pytest.approx((2 / 3 + 1) / 2)
+    emb, q = data
+    sets = [[r, r + 1] for r in range(M)]
+    ivf = build_retriever("faiss-ivf", nprobe=1).build(emb)
+    rep = approximation_report(ivf, q, K, csr(sets), sample=25, seed=0)
+    assert rep["sample"] == 25 and rep["k"] == K
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(M, 25, replace=False))
+    _, ids = ivf.search(q[rows], K, exclude=csr([sets[i] for i in rows]))
+    _, ref = reference(emb, q[rows], K, banned=[set(sets[i]) for i in rows])
+    assert rep["recall@k_vs_exact"] == pytest.approx(recall_at_k(ids, ref))
+    assert approximation_report(build_retriever("torch").build(emb), q, K)["recall@k_vs_exact"] == 1.0
