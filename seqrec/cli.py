@@ -1,8 +1,9 @@
-"""The ``seqrec`` command. Sub-command groups live next to the code they drive:
+"""The ``seqrec`` command. Sub-commands live next to the code they drive and are imported only
+when used (so ``seqrec --help`` and ``seqrec data stats`` don't pay for torch/faiss imports):
 
 - ``seqrec data …``  -> seqrec/data/cli.py
 - ``seqrec fit / evaluate / recommend`` -> seqrec/commands.py
-- ``seqrec bench …`` -> seqrec/bench/cli.py
+- ``seqrec bench …`` -> seqrec/bench/{data,losses,quality,retrieval}.py
 - ``seqrec index …`` -> seqrec/retrieval/cli.py
 - ``seqrec plan``    -> seqrec/plan.py
 
@@ -11,6 +12,7 @@ User-facing errors (``SeqrecError``) and OS errors print one line on stderr and 
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -18,29 +20,31 @@ import click
 from seqrec import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are ``"module:attribute"`` strings imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             lazy={"fit": "seqrec.commands:fit", "evaluate": "seqrec.commands:evaluate",
+                   "recommend": "seqrec.commands:recommend", "data": "seqrec.data.cli:data",
+                   "bench": "seqrec.bench.cli:bench", "index": "seqrec.retrieval.cli:index",
+                   "plan": "seqrec.plan:plan"})
 @click.version_option(__version__, prog_name="seqrec")
 def cli() -> None:
     """Train, evaluate and serve transformer sequential recommenders."""
-
-
-def _register() -> None:
-    import importlib
-
-    from seqrec import commands
-    from seqrec.bench.cli import bench
-
-    for cmd in commands.COMMANDS:
-        cli.add_command(cmd)
-    cli.add_command(bench)
-    for mod, attr in (("seqrec.data.cli", "data"), ("seqrec.retrieval.cli", "index"), ("seqrec.plan", "plan")):
-        try:  # TEMPORARY while modules are being written
-            cli.add_command(getattr(importlib.import_module(mod), attr))
-        except (ModuleNotFoundError, AttributeError):
-            pass
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> int:

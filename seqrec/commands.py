@@ -180,7 +180,7 @@ def _read_id_file(path: str, dtype_like: Any) -> list:
 
 
 def _cast_like(values: list, dtype_like: Any, source: Any) -> list:
-    if getattr(dtype_like, "kind", "O") in "iu":
+    if getattr(getattr(dtype_like, "dtype", None), "kind", "O") in "iu":
         try:
             return [int(v) for v in values]
         except (TypeError, ValueError):

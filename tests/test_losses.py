@@ -32,7 +32,7 @@ def test_ce_chunked_equals_ce(n, c, d, chunk):
     x, w, y = _inputs(n, c, d, seed=n + c, scale=2.0)
     ref = _value_and_grads(build_loss("ce"), x, w, y)
     got = _value_and_grads(build_loss("ce_chunked", chunk_size=chunk), x, w, y)
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -83,8 +83,8 @@ def test_exclude_seen_never_returns_seen_and_no_repeats(c, shared):
     seq = torch.arange(b).repeat_interleave(3)
     ctx = LossContext(seq_idx=seq, hist_offsets=offsets, hist_items=items,
                       generator=torch.Generator().manual_seed(1))
-    neg = NegativeSampler(n, "uniform_exclude_seen", shared=shared).sample(torch.zeros(len(seq), dtype=torch.long),
-                                                                          c, ctx)
+    sampler = NegativeSampler(n, "uniform_exclude_seen", shared=shared)
+    neg = sampler.sample(torch.zeros(len(seq), dtype=torch.long), c, ctx)
     assert neg.ids.shape == ((b if shared else len(seq)), n)
     for r in range(neg.ids.shape[0]):
         h = seq[r] if not shared else r
@@ -141,7 +141,7 @@ def test_gbce_t0_equals_bce(shared):
         ctx = LossContext(seq_idx=seq, generator=torch.Generator().manual_seed(3))
         return _value_and_grads(build_loss(name, n_negatives=6, shared=shared, **kw), x, w, y, ctx)
 
-    for a, b in zip(run("gbce", t=0.0), run("bce")):
+    for a, b in zip(run("gbce", t=0.0), run("bce"), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -177,7 +177,7 @@ def test_sampled_softmax_all_items_equals_ce(shared):
     loss = build_loss("sampled_softmax", n_negatives=c, sampler="uniform_exclude_seen", shared=shared)
     got = _value_and_grads(loss, x, w, y, ctx)
     ref = _value_and_grads(build_loss("ce"), x, w, y)
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -232,5 +232,5 @@ def test_per_position_chunking_does_not_change_result():
         ctx = LossContext(generator=torch.Generator().manual_seed(5))
         return _value_and_grads(build_loss("gbce", n_negatives=16, memory_budget_mb=budget), x, w, y, ctx)
 
-    for a, b in zip(run(1e-3), run(64)):  # 1 KB -> one position per chunk
+    for a, b in zip(run(1e-3), run(64), strict=True):  # 1 KB -> one position per chunk
         torch.testing.assert_close(a, b)

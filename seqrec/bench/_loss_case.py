@@ -1,5 +1,9 @@
 """One case of ``seqrec bench losses``, run in a fresh process so its peak RSS is its own.
 
+Memory: ``baseline_mb`` is the RSS after imports, a tiny warm-up run and the inputs (freed heap
+trimmed); ``peak_mb`` is the RSS high-water mark of the step(s) after that (VmHWM, reset through
+/proc/self/clear_refs at the baseline), so ``peak_mb - baseline_mb`` is the step's own extra memory.
+
 Usage: ``python -m seqrec.bench._loss_case '<json spec>'``; prints one JSON record on the last line.
 The spec holds loss, params, catalog, tokens, dim, seq_len, device, repeats, seed.
 """
@@ -13,8 +17,41 @@ import sys
 import time
 
 
+def _status_mb(key: str) -> float | None:
+    """VmRSS / VmHWM of this process image in MiB (None off Linux)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _reset_peak() -> bool:
+    """Start a fresh RSS high-water mark at the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the OS so the baseline RSS counts live memory only."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_case(spec: dict) -> dict:
@@ -58,11 +95,18 @@ def run_case(spec: dict) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         cuda_base = torch.cuda.memory_allocated() / 2**20
-    baseline = _maxrss_mb()
+    # Baseline = RSS now; peak = the high-water mark from here on. ru_maxrss is not used for the
+    # baseline: across fork+exec it inherits the *parent's* high-water mark (the bench driver's).
+    _trim()
+    fresh = _reset_peak()
+    baseline = _status_mb("VmRSS") if fresh else None
+    if baseline is None:  # no /proc: fall back to the process high-water mark
+        baseline = _maxrss_mb()
     warm = step(x, w, y, ctx)  # the peak includes the warm-up step
     repeats = max(1, min(spec.get("repeats", 3), int(spec.get("time_budget_s", 60) / max(warm, 1e-3))))
     times = [step(x, w, y, ctx) for _ in range(repeats)]
-    rec = {"peak_mb": round(_maxrss_mb(), 1), "baseline_mb": round(baseline, 1),
+    peak = _status_mb("VmHWM") if fresh else None
+    rec = {"peak_mb": round(peak if peak is not None else _maxrss_mb(), 1), "baseline_mb": round(baseline, 1),
            "step_s": round(statistics.median(times), 4), "warmup_s": round(warm, 4), "repeats": repeats}
     if dev.type == "cuda":
         rec["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

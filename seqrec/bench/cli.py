@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-# module -> sub-command; each module is owned by the benchmark it implements
-_MODULES = ["seqrec.bench.losses", "seqrec.bench.retrieval", "seqrec.bench.quality", "seqrec.bench.data"]
+from seqrec.cli import LazyGroup
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={name: f"seqrec.bench.{name}:command"
+                                  for name in ("data", "losses", "quality", "retrieval")})
 def bench() -> None:
     """Benchmarks: every command takes --out DIR and writes table.md, a PNG plot and results.json."""
-
-
-for _m in _MODULES:
-    try:
-        bench.add_command(importlib.import_module(_m).command)
-    except ModuleNotFoundError as _e:  # a benchmark not written yet
-        if _e.name != _m:
-            raise

@@ -20,6 +20,14 @@ import click
 
 from seqrec.errors import ConfigError
 
+# glibc keeps freed blocks below its (dynamic, up to 32 MiB) mmap threshold in the heap, so two
+# same-size buffers that are never live together can both show in the RSS high-water mark. A fixed
+# 1 MiB threshold returns every large block to the OS on free: the peak RSS then tracks the peak of
+# live memory, which is what Loss.predict_bytes models. Set SEQREC_BENCH_MALLOC=default to opt out.
+_CASE_ENV = {"PYTHONUNBUFFERED": "1"}
+if os.environ.get("SEQREC_BENCH_MALLOC") != "default":
+    _CASE_ENV["MALLOC_MMAP_THRESHOLD_"] = "1048576"
+
 COLUMNS = ["loss", "catalog", "tokens", "dim", "status", "baseline_mb", "peak_mb", "net_mb", "predicted_mb",
            "step_s", "params", "note"]
 
@@ -76,7 +84,7 @@ def run_cases(losses: list[str], catalogs: list[int], tokens: int, dim: int, seq
             try:
                 proc = subprocess.run([sys.executable, "-m", "seqrec.bench._loss_case", json.dumps(spec)],
                                       capture_output=True, text=True, timeout=timeout_s,
-                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                      env={**os.environ, **_CASE_ENV})
                 if proc.returncode != 0:
                     err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
                     if proc.returncode < 0:
@@ -104,13 +112,14 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["loss"] for r in records):
-        pts = [(r["catalog"], max(r["net_mb"], 0.1)) for r in records if r["loss"] == name and r["status"] == "ok"]
+        pts = [(r["catalog"], max(r["net_mb"], 0.1)) for r in records
+               if r["loss"] == name and r["status"] == "ok"]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=name)
+            ax.plot(*zip(*pts, strict=False), marker="o", label=name)
         skipped = [(r["catalog"], r["predicted_mb"]) for r in records
                    if r["loss"] == name and r["status"] == "skipped"]
         if skipped:
-            ax.scatter(*zip(*skipped), marker="x", color="grey")
+            ax.scatter(*zip(*skipped, strict=False), marker="x", color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("catalog size C")
@@ -125,14 +134,15 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 
 @click.command("losses")
-@click.option("--catalog", default="10000,100000,1000000", show_default=True, help="Catalog sizes, comma-separated.")
+@click.option("--catalog", default="10000,100000,1000000", show_default=True,
+              help="Catalog sizes, comma-separated.")
 @click.option("--tokens", default=12800, show_default=True, help="Positions N per step.")
 @click.option("--dim", default=64, show_default=True, help="Hidden size d.")
 @click.option("--losses", "losses_", default="ce,ce_chunked,bce,gbce,sampled_softmax", show_default=True,
               help="Registered loss names, comma-separated.")
-@click.option("--seq-len", default=200, show_default=True, help="Positions per sequence (for shared negatives).")
+@click.option("--seq-len", default=200, show_default=True, help="Positions per sequence.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
-@click.option("--repeats", default=3, show_default=True, help="Timed steps after the warm-up (fewer if slow).")
+@click.option("--repeats", default=3, show_default=True, help="Timed steps after warm-up.")
 @click.option("--timeout", "timeout_s", default=1800.0, show_default=True, help="Seconds per case.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def command(catalog: str, tokens: int, dim: int, losses_: str, seq_len: int, device: str, repeats: int,
@@ -144,7 +154,8 @@ def command(catalog: str, tokens: int, dim: int, losses_: str, seq_len: int, dev
     names = [s.strip() for s in losses_.split(",") if s.strip()]
     unknown = [s for s in names if s not in LOSSES]
     if unknown or not names:
-        raise ConfigError(f"--losses: unknown loss {', '.join(unknown) or '(none)'}; known: {', '.join(sorted(LOSSES))}")
+        raise ConfigError(f"--losses: unknown loss {', '.join(unknown) or '(none)'}; "
+                          f"known: {', '.join(sorted(LOSSES))}")
     if device == "cuda":
         import torch
 

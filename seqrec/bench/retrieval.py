@@ -73,11 +73,11 @@ def settings(backend: str, r: Retriever) -> list[dict[str, Any]]:
     p = r.params
     if backend == "faiss-ivf":
         d = p["nprobe"]
-        grid = sorted({max(1, d // 4), max(1, d // 2), d, 2 * d, 4 * d} & set(range(1, p["nlist"] + 1)))
+        grid = sorted(v for v in {max(1, d // 4), max(1, d // 2), d, 2 * d, 4 * d, 16 * d} if v <= p["nlist"])
         return [{"nprobe": v} for v in grid]
     if backend == "faiss-hnsw":
         d = p["ef_search"]
-        return [{"ef_search": v} for v in sorted({16, 32, 64, d, 2 * d})]
+        return [{"ef_search": v} for v in sorted({16, 32, 64, d, 2 * d, 4 * d})]
     return [{}]
 
 
@@ -213,8 +213,9 @@ def command(catalog: str, dim: int, queries: int, embeddings: str, backends: str
         for n in sizes:
             records += run_case(kind, n, dim, queries, chosen, k, exact_queries, repeats, seed, log)
     cols = [c if c != "recall@10" else f"recall@{k}" for c in COLUMNS]
-    cmd = "seqrec bench retrieval " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "retrieval"]
-                                                else sys.argv[1:])
+    cmd = (f"seqrec bench retrieval --catalog {catalog} --dim {dim} --queries {queries} --embeddings "
+           f"{embeddings} --backends {backends} --k {k} --repeats {repeats} --seed {seed} --out {out}"
+           + (f" --exact-queries {exact_queries}" if exact_queries else ""))
     write_results(out, records, cols, "Retrieval: exact vs approximate top-k (memory = index size)", cmd)
     plot(records, out / "recall_vs_qps.png", k)
     log(f"wrote {out}/table.md, {out}/results.json, {out}/recall_vs_qps.png")

@@ -133,10 +133,10 @@ class ChunkedCE(Loss):
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
         chunk = self.resolve_chunk(n, c)
-        # one [N, chunk] work buffer (plus a float32 logsumexp temporary of the same size in the
-        # forward), dW [C, d], dX [N, d] (+ its scaled copy), a few [N] vectors
-        work = 2 * n * chunk * 4
-        return work + c * d * dtype_bytes + 2 * n * d * 4 + 8 * n * 4
+        # one [N, chunk] work buffer (+ its float32 copy under autocast), dW [C, d], dX [N, d] and
+        # its scaled copy, a few [N] vectors, allocator/autograd bookkeeping (4 MiB, measured)
+        work = n * chunk * dtype_bytes + (n * chunk * 4 if dtype_bytes < 4 else 0)
+        return work + c * d * dtype_bytes + 2 * n * d * 4 + 8 * n * 4 + 4 * 2**20
 
 
 def _fused_cuda(hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor | None:

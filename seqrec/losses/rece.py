@@ -35,8 +35,12 @@ def _bucket_ids(vectors: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     """argmax_b <proj[b], vectors[i]> for every row, [M] int64, scanned in row chunks."""
     chunk = max(1, BLOCK_ELEMS // proj.shape[0])
     p = proj.T
-    rows = range(0, vectors.shape[0], chunk)
-    return torch.cat([(vectors[i:i + chunk].float() @ p).argmax(1) for i in rows])
+    # one preallocated result: keeping each chunk's small argmax alive between the big score
+    # buffers fragments the heap (glibc) and grew RSS by ~1.5 GB at C = 1M
+    ids = torch.empty(vectors.shape[0], dtype=torch.long, device=vectors.device)
+    for i in range(0, vectors.shape[0], chunk):
+        ids[i:i + chunk] = (vectors[i:i + chunk].float() @ p).argmax(1)
+    return ids
 
 
 KEYS = ("order_x", "order_w", "chunk_x", "chunk_w", "rank_w")
@@ -86,47 +90,66 @@ class _Plan:
         self.g = max(1, min(n_chunks, BLOCK_ELEMS // per_chunk))
 
 
-def _block(hidden, item_emb, targets, h, plan: _Plan, rnd: int, k0: int, ac):
-    """Logits float32 [G, p, window] of position chunks k0..k0+G-1 in round ``rnd``.
+class _Round:
+    """One round in chunk order: positions and items sorted by bucket, the item order padded by n_ec
+    empty chunks on both ends, so position chunk k's candidate items are the contiguous slots
+    k*q ... k*q + window and a group's windows are overlapping strided views of one gather."""
 
-    Target and padding masked to -inf, log-multiplicity subtracted. Also returns the position and
-    item indices (clamped to be valid gather indices), the positions' validity and the gathered rows.
+    def __init__(self, hidden, item_emb, h, plan: _Plan, rnd: int) -> None:
+        eq = plan.e * plan.q
+        edge = h["order_w"].new_full((eq,), -1)
+        self.ox = h["order_x"][rnd]  # [n_c * p]
+        self.ow = torch.cat([edge, h["order_w"][rnd], edge])  # [(n_c + 2 n_ec) * q]
+        self.xs = hidden[self.ox.clamp(min=0)]
+        self.item_emb = item_emb
+        # chunk ids, in this round's item order, of the other rounds (multiplicity count)
+        self.cw = {t: h["chunk_w"][t, self.ow.clamp(min=0)] for t in range(plan.r) if t != rnd}
+        self.rnd = rnd
+
+
+def _window(t: torch.Tensor, k0: int, k1: int, plan: _Plan) -> torch.Tensor:
+    """Rows [k0*q, (k1 + 2 n_ec + 1)*q) of ``t`` as [G, window, ...] overlapping windows (a view)."""
+    inner = t.shape[1:]
+    step = plan.q * t.stride(0)
+    return t.as_strided((k1 - k0, plan.window, *inner), (step, *t.stride()),
+                        t.storage_offset() + k0 * step)
+
+
+def _block(targets, h, plan: _Plan, rt: _Round, k0: int, ac):
+    """Logits float32 [G, p, window] of position chunks k0..k0+G-1 in round ``rt``.
+
+    Target and padding masked to -inf, log-multiplicity subtracted. Also returns the positions
+    (clamped) with their validity and the rows used, xb [G, p, d] and wb [G, window, d] (views).
     """
     p, q, e = plan.p, plan.q, plan.e
     k1 = min(plan.n_c, k0 + plan.g)
-    ix = h["order_x"][rnd, k0 * p:k1 * p].view(k1 - k0, p)
-    # item chunks k-e..k+e of every k in the group: slots (k0-e)q .. (k1+e)q, -1 beyond the ends,
-    # then a sliding window of 2e+1 chunks
-    full = h["order_w"][rnd]
-    lo, hi = (k0 - e) * q, (k1 + e) * q
-    ow = torch.cat([full.new_full((max(0, -lo),), -1), full[max(lo, 0):hi],
-                    full.new_full((max(0, hi - full.numel()),), -1)])
-    iw = ow.unfold(0, plan.window, q)  # [G, window]
-    valid_x, valid_w = ix >= 0, iw >= 0
-    ix, iw = ix.clamp(min=0), iw.clamp(min=0)
-    xb, wb = hidden[ix], item_emb[iw]
+    g = k1 - k0
+    ix = rt.ox[k0 * p:k1 * p].view(g, p)
+    valid_x, ix = ix >= 0, ix.clamp(min=0)
+    xb = rt.xs[k0 * p:k1 * p].view(g, p, -1)
+    # the group's item rows, (G + 2 n_ec) chunks, gathered once; windows are views into them
+    wb = _window(rt.item_emb[rt.ow[k0 * q:(k1 + 2 * e) * q].clamp(min=0)], 0, g, plan)
     logits = _bmm(xb, wb, ac)
     if plan.r > 1:
         # times this (position, item) pair is met over all rounds: neighbour chunks in round t
         # (always in this round, so count = 1 + matches in the other rounds)
         extra = None
-        for t in range(plan.r):
-            if t == rnd:
-                continue
-            near = (h["chunk_w"][t, iw].unsqueeze(1) - h["chunk_x"][t, ix].unsqueeze(2)).abs_().le_(e)
+        for t, cw in rt.cw.items():
+            near = (_window(cw, k0, k1, plan).unsqueeze(1) - h["chunk_x"][t, ix].unsqueeze(2)).abs_().le_(e)
             extra = near if extra is None else extra.add_(near)
             del near
         logits.sub_(extra.float().log1p_())
         del extra
-    if not bool(valid_w.all()):
-        logits.masked_fill_(~valid_w.unsqueeze(1), float("-inf"))
+    iw = _window(rt.ow, k0, k1, plan)
+    if bool((iw < 0).any()):  # padding slots (catalog ends, last chunk)
+        logits.masked_fill_((iw < 0).unsqueeze(1), float("-inf"))
     # the position's own target (at most once per window, items being unique within a round) is
     # the appended class, never a negative: find its column from its rank instead of comparing
-    col = h["rank_w"][rnd, targets[ix]] - (torch.arange(k0, k1, device=ix.device).unsqueeze(1) - e) * q
+    col = h["rank_w"][rt.rnd, targets[ix]] - (torch.arange(k0, k1, device=ix.device).unsqueeze(1) - e) * q
     hit = (col >= 0) & (col < plan.window)
     g_idx, p_idx = hit.nonzero(as_tuple=True)
     logits[g_idx, p_idx, col[g_idx, p_idx]] = float("-inf")
-    return logits, ix, valid_x, iw, xb, wb
+    return logits, ix, valid_x, xb, wb
 
 
 class _RECEFunction(torch.autograd.Function):
@@ -139,13 +162,15 @@ class _RECEFunction(torch.autograd.Function):
         pos = _positive_logits(hidden, item_emb, targets)
         lse = pos.clone()  # running log-sum-exp over [positive, candidates of every round]
         for rnd in range(plan.r):
+            rt = _Round(hidden, item_emb, h, plan, rnd)
             for k0 in range(0, plan.n_c, plan.g):
-                logits, ix, valid, _, _, _ = _block(hidden, item_emb, targets, h, plan, rnd, k0, ac)
+                logits, ix, valid = _block(targets, h, plan, rt, k0, ac)[:3]
                 row = logits.logsumexp(-1)
                 del logits
                 # within one round every position sits in exactly one chunk slot: no index clash
                 idx = ix[valid]
                 lse[idx] = torch.logaddexp(lse[idx], row[valid])
+            del rt
         ctx.save_for_backward(hidden, item_emb, targets, lse, pos, *h_tensors)
         ctx.plan, ctx.ac = plan, ac
         return lse - pos
@@ -156,18 +181,38 @@ class _RECEFunction(torch.autograd.Function):
         h = dict(zip(KEYS, h_tensors, strict=True))
         plan = ctx.plan
         n, d = hidden.shape
+        c = item_emb.shape[0]
+        q, eq = plan.q, plan.e * plan.q
         g = grad_loss.float()
         dx = torch.zeros(n, d, device=hidden.device)
-        dw = torch.zeros(item_emb.shape[0], d, device=hidden.device)
+        dw = torch.zeros(c, d, device=hidden.device)
         for rnd in range(plan.r):
+            rt = _Round(hidden, item_emb, h, plan, rnd)
+            # gradients in the round's sorted layout: windows are contiguous slices, so they are
+            # accumulated with plain adds (index_add_ over random rows is ~40x slower on CPU)
+            dxs = torch.zeros(rt.xs.shape, device=hidden.device)
+            dws = torch.zeros(rt.ow.shape[0], d, device=hidden.device)
             for k0 in range(0, plan.n_c, plan.g):
-                logits, ix, valid, iw, xb, wb = _block(hidden, item_emb, targets, h, plan, rnd, k0, ctx.ac)
+                logits, ix, valid, xb, wb = _block(targets, h, plan, rt, k0, ctx.ac)
+                k1 = k0 + logits.shape[0]
                 coef = g[ix] * valid  # padding slots carry no gradient
                 prob = torch.exp(logits.sub_(lse[ix].unsqueeze(2))).mul_(coef.unsqueeze(2))
                 del logits
-                dx.index_add_(0, ix.reshape(-1), torch.bmm(prob, wb.float()).reshape(-1, d))
-                dw.index_add_(0, iw.reshape(-1), torch.bmm(prob.transpose(1, 2), xb.float()).reshape(-1, d))
+                dxs[k0 * plan.p:k1 * plan.p].view(prob.shape[0], plan.p, d).add_(torch.bmm(prob, wb.float()))
+                gw = torch.bmm(prob.transpose(1, 2), xb.float())  # [G, window, d]
                 del prob
+                for o in range(2 * plan.e + 1):  # window offset o covers item chunk k - n_ec + o
+                    dws[(k0 + o) * q:(k1 + o) * q].view(k1 - k0, q, d).add_(gw[:, o * q:(o + 1) * q])
+                del gw, xb, wb
+            del rt
+            valid = h["order_x"][rnd] >= 0
+            dx.index_add_(0, h["order_x"][rnd][valid], dxs[valid])
+            del dxs
+            # back to catalog order: item i sits at slot rank_w[i] (+ the n_ec leading empty chunks)
+            step = max(1, BLOCK_ELEMS // d)
+            for c0 in range(0, c, step):
+                dw[c0:c0 + step].add_(dws.index_select(0, h["rank_w"][rnd, c0:c0 + step] + eq))
+            del dws
         dpos = g * (torch.exp(pos - lse) - 1.0)  # softmax - 1 on the appended true class
         dx.add_(dpos.unsqueeze(1) * item_emb[targets].float())
         dw.index_add_(0, targets, dpos.unsqueeze(1) * hidden.float())
@@ -227,14 +272,17 @@ class RECE(Loss):
         return per_pos.mean()
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
-        n_b, n_c = self.resolve(n, c)
+        _, n_c = self.resolve(n, c)
         plan = _Plan(n, c, d, n_c, self.n_extra_chunks, self.rounds)
         grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)
-        # order + chunk ids per round (int64), sort buffers of the catalog while hashing
-        hashing = self.rounds * (8 + 4) * (n_c * plan.q + n_c * plan.p) + 8 * 3 * c
+        slots_w, slots_x = (n_c + 2 * plan.e) * plan.q, n_c * plan.p
+        # hashing: order (int64), rank (int64), chunk ids (int16) per round, plus sort buffers
+        hashing = self.rounds * (8 + 8 + 2) * (slots_w + slots_x) + 8 * 3 * c
+        # backward of one round: the gradients in sorted layout, X in sorted order
+        sorted_rows = (slots_w + 2 * slots_x) * d * 4
         cells = plan.g * plan.p * plan.window
-        # logits + prob (f32), mask (bool), count (int16) + chunk-id difference (int32) + its log (f32);
-        # gathered rows and the bmm outputs
-        block = (cells * (4 + 4 + 1 + (2 + 4 + 4) * (self.rounds > 1))
-                 + plan.g * (plan.window + plan.p) * d * 4 * 3)
-        return int(grads + hashing + block + n * 16)
+        # one block: logits + prob (f32), masks (bool); with rounds > 1 the count (int16), the chunk-id
+        # difference (int16) and its log (f32); the bmm outputs
+        block = (cells * (4 + 4 + 1 + (2 + 2 + 4) * (self.rounds > 1))
+                 + plan.g * (plan.window + plan.p) * d * 4 * 2 + (plan.g + 2 * plan.e) * plan.q * d * 4)
+        return int(grads + hashing + sorted_rows + block + n * 16)

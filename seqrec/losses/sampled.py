@@ -20,6 +20,9 @@ from seqrec.errors import ConfigError
 from seqrec.losses.base import Loss, LossContext, register_loss
 from seqrec.losses.sampling import Negatives, NegativeSampler
 
+# allocator and autograd bookkeeping of a step, measured with seqrec bench losses
+_OVERHEAD = 4 * 2**20
+
 
 class _GatherDot(torch.autograd.Function):
     """logits[p, j] = <x[p], w[ids[p, j]]>, in chunks of positions (memory O(chunk*n*d))."""
@@ -30,7 +33,9 @@ class _GatherDot(torch.autograd.Function):
             wd = w.to(x.dtype)
             out = torch.empty(ids.shape, device=x.device, dtype=torch.float32)
             for p0 in range(0, ids.shape[0], chunk):
-                e = wd[ids[p0:p0 + chunk]]  # [pc, n, d]
+                idc = ids[p0:p0 + chunk]
+                # index_select: several times faster than advanced indexing on CPU
+                e = wd.index_select(0, idc.reshape(-1)).view(*idc.shape, -1)  # [pc, n, d]
                 out[p0:p0 + chunk] = torch.bmm(e, x[p0:p0 + chunk, :, None]).squeeze(2)
         ctx.save_for_backward(x, w, ids)
         ctx.chunk = chunk
@@ -47,7 +52,9 @@ class _GatherDot(torch.autograd.Function):
             dw = torch.zeros(w.shape, device=w.device, dtype=x.dtype)
             for p0 in range(0, ids.shape[0], chunk):
                 gc, idc, xc = g[p0:p0 + chunk], ids[p0:p0 + chunk], x[p0:p0 + chunk]
-                dx[p0:p0 + chunk] = torch.bmm(gc[:, None, :], wd[idc]).squeeze(1)
+                e = wd.index_select(0, idc.reshape(-1)).view(*idc.shape, -1)
+                dx[p0:p0 + chunk] = torch.bmm(gc[:, None, :], e).squeeze(1)
+                del e
                 dw.index_add_(0, idc.reshape(-1), (gc[:, :, None] * xc[:, None, :]).reshape(-1, x.shape[1]))
         return dx, dw.to(w.dtype), None, None
 
@@ -59,7 +66,10 @@ class _SampledCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         m = torch.maximum(pos, neg.amax(1)).detach()
-        lse = m + torch.log(torch.exp(pos - m) + torch.exp(neg - m[:, None]).sum(1))
+        tot = torch.exp(pos - m)
+        for r0 in range(0, neg.shape[0], 1024):  # row blocks: no [N, n] temporary
+            tot[r0:r0 + 1024] += torch.exp(neg[r0:r0 + 1024] - m[r0:r0 + 1024, None]).sum(1)
+        lse = m + torch.log(tot)
         ctx.save_for_backward(pos, neg, lse)
         return (lse - pos).mean()
 
@@ -72,6 +82,23 @@ class _SampledCE(torch.autograd.Function):
         gneg = neg.sub_(lse[:, None]).exp_().mul_(scale)
         gpos = (torch.exp(pos - lse) - 1.0) * scale
         return gpos, gneg
+
+
+class _Unpack(torch.autograd.Function):
+    """packed [R, L, n] -> per position [N, n]; slots are unique, so the backward is a plain
+    scatter into one zero buffer (no accumulate)."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, seq: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(seq, slot)
+        ctx.shape = s.shape
+        return s[seq, slot]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        seq, slot = ctx.saved_tensors
+        return g.new_zeros(ctx.shape).index_put_((seq, slot), g), None, None
 
 
 def _pack(seq: torch.Tensor, r: int) -> tuple[torch.Tensor, int]:
@@ -111,7 +138,7 @@ class SampledLoss(Loss):
             slot, lmax = _pack(seq, neg.ids.shape[0])
             xp = x.new_zeros((neg.ids.shape[0], lmax, x.shape[1])).index_put((seq, slot), x)
             s = torch.bmm(xp, w[neg.ids].to(x.dtype).transpose(1, 2))  # [R, L, n]
-            logits = s[seq, slot].float()
+            logits = _Unpack.apply(s, seq, slot).float()
             del s
             # target vs the row's negatives, compared packed: bool [R, L, n], never int64 [N, n]
             yp = y.new_full((neg.ids.shape[0], lmax), -1).index_put_((seq, slot), y)
@@ -122,16 +149,21 @@ class SampledLoss(Loss):
         return pos, logits, mask, neg
 
     def _sampled_bytes(self, n: int, c: int, d: int, dtype_bytes: int) -> int:
+        """Peak extra bytes of one forward+backward (checked against ``seqrec bench losses``)."""
         k = self.n_negatives
+        grads = 2 * n * d * 4 + _OVERHEAD  # dX and the positive path's [N, d] gather, bookkeeping
         if self.shared:
-            # R*L ≈ N (packed, equal lengths): [N, k] bmm output, its gather, grads of both;
-            # gathered [R, k, d] embeddings are small at sequence granularity
-            per_pos = 4 * n * k * 4 + n * k
-        else:
-            # ids (int64), logits, mask, grad of logits; chunked gather [chunk, k, d] x2 in backward
-            per_pos = n * k * (8 + 4 + 1 + 4) + 2 * min(n, self._chunk(d)) * k * d * 4
-        # dW dense [C, d] (+ the gather's own [C, d] grad that autograd accumulates into it)
-        return per_pos + 2 * c * d * dtype_bytes + 4 * n * d * 4
+            # packed [R, L, n] bmm output and its per-position copy (R*L ≈ N), a bool mask; the
+            # backward reuses the logits buffer for their gradient and scatters into one zero buffer
+            return grads + 2 * n * k * 4 + n * k + c * d * dtype_bytes
+        # ids (int64) + logits + mask live from the forward on; then the largest of three phases:
+        # the loss arithmetic on [N, k] (about 4 float buffers with their gradients), the gather
+        # backward (the logits' gradient, one [chunk, k, d] block, the dense dW), and the sum of
+        # the two dense [C, d] gradients (positive path + negatives) that autograd forms
+        base = grads + n * k * (8 + 4 + 1)
+        math_ = 4 * n * k * 4
+        gather = n * k * 4 + min(n, self._chunk(d)) * k * d * 4 + c * d * dtype_bytes
+        return base + max(math_, gather, 2 * c * d * dtype_bytes)
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -164,8 +196,7 @@ class BCE(SampledLoss):
         return loss.mean()
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
-        # + softplus output and its grad, masked product: ~3 float [N, k]
-        return self._sampled_bytes(n, c, d, dtype_bytes) + 3 * n * self.n_negatives * 4
+        return self._sampled_bytes(n, c, d, dtype_bytes)
 
 
 @register_loss
@@ -210,9 +241,12 @@ class SampledSoftmax(SampledLoss):
                 ctx: LossContext) -> torch.Tensor:
         pos, neg, mask, draw = self.scores(hidden, targets, item_emb, ctx)
         # in place where autograd allows it (the gather producing ``neg`` does not keep its output)
-        if self.logq:
-            neg = neg.sub_(draw.log_q[draw.row] + math.log(self.n_negatives))
-        neg = neg.masked_fill_(~mask, float("-inf"))
+        # in place and outside autograd: both edits have derivative 1 (or 0 where masked, which
+        # _SampledCE's backward yields anyway since exp(-inf) = 0), so no extra [N, n] buffers
+        with torch.no_grad():
+            if self.logq:
+                neg.sub_(draw.log_q[draw.row] + math.log(self.n_negatives))
+            neg.masked_fill_(~mask, float("-inf"))
         if self.in_batch:
             items, counts = torch.unique(targets, return_counts=True)
             s = hidden.float() @ item_emb[items].float().T  # [N, U]
@@ -231,9 +265,7 @@ class SampledSoftmax(SampledLoss):
         return _SampledCE.apply(pos, neg)
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
-        k = self.n_negatives + 1
-        # + cat, masked_fill, log_softmax output, its grad and the grad of cat: ~5 float [N, k]
-        extra = 5 * n * k * 4 + 2 * n * k
-        if self.in_batch:
-            extra += 6 * n * n * 4
+        extra = 0
+        if self.in_batch:  # [N, U<=N] in-batch logits, their masked copy and the concatenation
+            extra = 2 * n * n * 4 + n * (self.n_negatives + n) * 4
         return self._sampled_bytes(n, c, d, dtype_bytes) + extra

@@ -163,7 +163,7 @@ class NegativeSampler:
             hist_row = seq if seq is not None else row
         if self.sampler == "uniform":
             ids = uniform(r, n, n_items, ctx.generator, rdev)
-            log_q = torch.full((r, n), -math.log(n_items), device=device)
+            log_q = torch.full((1, 1), -math.log(n_items), device=device).expand(r, n)  # no [r, n] buffer
         elif self.sampler == "popularity":
             if ctx.item_pop is None:
                 raise SeqrecError("popularity sampler needs ctx.item_pop (training popularity per item)")

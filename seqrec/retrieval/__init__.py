@@ -90,7 +90,7 @@ def approximation_report(retriever: Retriever, queries: Any, k: int, exclude: An
                          sample: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Recall@k of ``retriever`` against exact search on ``sample`` random query rows (same filters).
 
-    Returns {"recall@k_vs_exact": float, "sample": rows used, "k": k}.
+    Returns {"recall@k_vs_exact": float, "sample": number of rows used}.
     """
     import torch
 
@@ -111,7 +111,7 @@ def approximation_report(retriever: Retriever, queries: Any, k: int, exclude: An
             filt = Filters(len(rows), retriever.n_items, sub_ex)
             emb = torch.from_numpy(retriever.item_embeddings())
             _, exact = exact_topk(emb, torch.from_numpy(qs), k, filt)
-    return {"recall@k_vs_exact": recall_at_k(approx, exact), "sample": int(len(rows)), "k": int(k)}
+    return {"recall@k_vs_exact": recall_at_k(approx, exact), "sample": int(len(rows))}
 
 
 __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Retriever", "approximation_report", "build_retriever",

@@ -1,0 +1,108 @@
+"""The `seqrec` command end to end on tiny data: fit, evaluate --json, recommend, and clean errors."""
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from seqrec.cli import main
+
+TINY = ('data.options={"synthetic": {"n_users": 150, "n_items": 50, "n_clusters": 4, "mean_len": 12.0,'
+        ' "max_len": 30}}')
+FAST = ["--set", TINY, "--set", "model.d=16", "--set", "model.max_len=20", "--set", "train.epochs=2",
+        "--set", "train.batch_size=32", "--set", "train.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["fit", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_fit_writes_run_directory(run):
+    for f in ("config.yaml", "metrics.jsonl", "results.json", "train_info.json", "model.pt", "baseline_pop.json"):
+        assert (run / f).exists(), f
+    res = json.loads((run / "results.json").read_text())
+    assert set(res) == {"valid", "test"}
+    assert all("@" in k for k in res["test"])  # metrics only; timings live in train_info.json
+    assert "epoch_s" in json.loads((run / "train_info.json").read_text())
+
+
+def test_evaluate_json_matches_results(run, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    res = json.loads((run / "results.json").read_text())
+    assert ev["test"]["ndcg@10"] == pytest.approx(res["test"]["ndcg@10"], abs=1e-9)
+    assert main(["evaluate", str(run), "--split", "valid", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"valid"}
+
+
+def test_recommend_all_users_and_file_formats(run, tmp_path):
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", str(run), "--all", "--k", "5", "--out", str(out)]) == 0
+    df = pl.read_csv(out)
+    assert df.columns == ["user", "item", "score", "rank"]
+    assert df.height == 5 * df["user"].n_unique()
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(str(u) for u in df["user"].unique().to_list()[:3]) + "\n")
+    pq = tmp_path / "recs.parquet"
+    assert main(["recommend", str(run), "--users", str(users), "--k", "4", "--out", str(pq)]) == 0
+    assert pl.read_parquet(pq).height == 12
+    hist = tmp_path / "hist.csv"
+    items = df["item"].unique().to_list()[:4]
+    hist.write_text("user,item\n" + "".join(f"newbie,{i}\n" for i in items))
+    assert main(["recommend", str(run), "--histories", str(hist), "--k", "3", "--out", str(tmp_path / "h.csv")]) == 0
+    h = pl.read_csv(tmp_path / "h.csv")
+    assert h["user"].unique().to_list() == ["newbie"] and not set(h["item"].to_list()) & set(items)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "seqrec.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--set", "train.lrr=1"], "did you mean 'lr'"),
+    (["fit", "--model", "nope"], "unknown model"),
+    (["fit", "--loss", "nope"], "unknown loss"),
+    (["fit", "--config", "no-such-config"], "packaged"),
+    (["evaluate", "/nonexistent/run"], "not a run"),
+    (["recommend", "/nonexistent/run", "--all", "--out", "x.csv"], "not a run"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert message in r.stderr
+
+
+def test_existing_run_dir_not_overwritten(run):
+    before = (run / "model.pt").read_bytes()
+    r = _cli("fit", "--out", str(run), *FAST)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert (run / "model.pt").read_bytes() == before
+
+
+def test_unwritable_run_dir_fails_early(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = _cli("fit", "--out", str(blocker / "run"), *FAST)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_recommend_needs_exactly_one_source(run, tmp_path):
+    r = _cli("recommend", str(run), "--all", "--users", "u.txt", "--out", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "exactly one" in r.stderr
+    r = _cli("recommend", str(run), "--all", "--out", str(tmp_path / "x.txt"))
+    assert r.returncode == 2 and ".parquet or .csv" in r.stderr
+
+
+def test_version_and_help():
+    r = _cli("--version")
+    assert r.returncode == 0 and "seqrec" in r.stdout
+    r = _cli("--help")
+    for cmd in ("fit", "evaluate", "recommend", "data", "bench"):
+        assert cmd in r.stdout

@@ -1,0 +1,46 @@
+"""seqrec plan: predict_memory's components and the command (no dataset needed with --catalog)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from seqrec.losses import build_loss
+from seqrec.plan import plan, predict_memory
+
+
+@pytest.mark.parametrize("model,heads", [("sasrec", 1), ("bert4rec", 2)])
+def test_parameter_count_matches_the_model(model, heads):
+    from seqrec.models import build_model
+
+    enc = build_model(model, 97, d=16, n_blocks=2, n_heads=heads, max_len=12)
+    n_params = sum(p.numel() for p in enc.parameters())
+    mem = predict_memory(97, 4, 12, 16, 2, heads, "ce", model=model)
+    assert mem["parameters"] == 4 * n_params
+    assert mem["optimizer_state"] == 2 * mem["parameters"] == 2 * mem["gradients"]
+
+
+def test_components_add_up_and_loss_uses_its_prediction():
+    mem = predict_memory(100_000, 64, 200, 64, 2, 1, "gbce", {"n_negatives": 128}, tokens=12_800)
+    assert mem["total"] == sum(v for k, v in mem.items() if k != "total")
+    assert mem["loss"] == build_loss("gbce", n_negatives=128).predict_bytes(12_800, 100_000, 64, 4)
+    # tokens defaults to every position of the padded batch
+    full = predict_memory(100_000, 64, 200, 64, 2, 1, "ce")
+    assert full["loss"] == build_loss("ce").predict_bytes(64 * 200, 100_000, 64, 4)
+
+
+def test_ce_chunked_fits_where_ce_does_not():
+    ce = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce")
+    ch = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce_chunked")
+    assert ce["loss"] > 100 * 2**30 and ch["loss"] < 2**30
+    assert ce["activations"] == ch["activations"]
+
+
+def test_plan_command_prints_components_and_every_loss():
+    res = CliRunner().invoke(plan, ["--catalog", "50000", "--loss", "sampled_softmax",
+                                    "--set", "train.batch_size=32", "--set", "loss.n_negatives=500"])
+    assert res.exit_code == 0, res.output
+    for word in ("parameters", "optimizer_state", "activations", "| ce |", "| ce_chunked |",
+                 "sampled_softmax (configured)"):
+        assert word in res.output
+    assert "N=" in res.output and "n_negatives" in res.output
