@@ -55,10 +55,10 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
 @click.option("--format", "fmt", default=None, help="Reader for a file path (see `seqrec data --help`).")
 @click.option("--model", default=None, help="sasrec | bert4rec | gru4rec | pop (or a registered name).")
-@click.option("--loss", default=None, help="Training objective (ce, ce_chunked, bce, gbce, sampled_softmax, sce, rece).")
+@click.option("--loss", default=None, help="Objective: ce, ce_chunked, bce, gbce, sampled_softmax, sce, rece.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override, e.g. train.lr=1e-3.")
 @click.option("--device", default=None, help="auto | cpu | cuda (same as --set train.device=...).")
-@click.option("--out", "out", default=None, type=click.Path(), help="Run directory (default runs/<model>-<data>-<time>).")
+@click.option("--out", "out", default=None, type=click.Path(), help="Run dir (default runs/MODEL-LOSS-DATA-TIME).")
 @click.option("--resume", "resume", default=None, type=click.Path(), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--baseline/--no-baseline", default=True, help="Also report the most-popular baseline.")
@@ -210,7 +210,7 @@ def _read_histories(path: str, rec: Any) -> dict:
         raise SeqrecError(f"{p}: histories need columns user,item (one row per interaction, in time order)")
     items = _cast_like(df["item"].to_list(), rec.data_.item_ids[1:], p)
     out: dict = {}
-    for u, i in zip(df["user"].to_list(), items):
+    for u, i in zip(df["user"].to_list(), items, strict=True):
         out.setdefault(u, []).append(i)
     return out
 
