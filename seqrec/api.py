@@ -300,7 +300,11 @@ class SeqRec:
         ck = load_checkpoint(path / "model.pt")
         check_compatible(ck, obj.data_.meta.get("fingerprint", ""), obj.data_.n_items, path / "model.pt")
         obj.model_ = obj._build_model(obj.data_.n_items)
-        obj.model_.load_state_dict(ck["model"])
+        try:
+            obj.model_.load_state_dict(ck["model"])
+        except (RuntimeError, TypeError, AttributeError) as e:  # shapes/keys differ from config.yaml's model
+            msg = str(e).replace("\n", " ").replace("\t", "")[:200]
+            raise SeqrecError(f"{path / 'model.pt'} does not fit the model in {path / 'config.yaml'} ({msg})") from None
         obj.model_.eval()
         info = path / "train_info.json"
         obj.fit_info_ = json.loads(info.read_text()) if info.exists() else {}

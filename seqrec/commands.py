@@ -74,13 +74,15 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
         run = Path(resume)
         if not (run / "config.yaml").exists():
             raise SeqrecError(f"--resume {run}: no config.yaml there (not a seqrec run directory)")
-        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or sets:
+        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or sets or overwrite:
             raise SeqrecError("--resume continues a run with its saved config; drop the other options")
         if (run / "results.json").exists():
             click.echo(f"run {run} is already finished")
             _print_results(json.loads((run / "results.json").read_text()))
             return 0
         cfg = Config(read_yaml(run / "config.yaml"))
+        if device is not None:  # e.g. continue a CUDA run on a CPU-only machine
+            cfg = cfg.with_overrides([f"train.device={device}"])
     else:
         overrides = list(sets)
         for key, val in (("data.dataset", dataset), ("data.data_dir", data_dir), ("data.format", fmt),
@@ -102,14 +104,16 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     from seqrec.training.trainer import TrainingInterrupted
 
     log = lambda s: click.echo(s, err=True)  # noqa: E731
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         rec.fit(None, run_dir=run, resume=bool(resume), log=log, trainer_hook=hook)
     except TrainingInterrupted as e:
         click.echo(f"interrupted: checkpoint saved in {run / 'checkpoints'}; resume with: seqrec fit --resume {run}",
                    err=True)
         return 128 + e.signum
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    finally:  # the caller's handlers (Python's KeyboardInterrupt for SIGINT), also after an error
+        for s, h in saved.items():
+            signal.signal(s, h)
     results = {"valid": _only_metrics(rec.evaluate(split="valid")), "test": _only_metrics(rec.evaluate(split="test"))}
     from seqrec.io import write_json
 
@@ -167,7 +171,10 @@ def _read_id_file(path: str, dtype_like: Any) -> list:
     if not p.exists():
         raise SeqrecError(f"{p}: no such file")
     if p.suffix == ".parquet":
-        s = pl.read_parquet(p).to_series(0)
+        try:
+            s = pl.read_parquet(p).to_series(0)
+        except Exception as e:  # polars raises several error types for unreadable files
+            raise SeqrecError(f"{p}: cannot read ids ({str(e).splitlines()[0][:120]})") from None
     else:
         try:
             lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]

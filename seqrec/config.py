@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -80,14 +81,16 @@ class Section(dict):
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _fix_numbers(x: Any) -> Any:
+def _fix_numbers(x: Any, depth: int = 0) -> Any:
     """YAML 1.1 reads ``1e-3`` (no dot) as a string; every such string is meant as a number."""
+    if depth > 50:  # a recursive YAML alias (``a: &x [*x]``) would recurse forever
+        raise ConfigError("config is nested too deeply (a recursive YAML alias?)")
     if isinstance(x, str) and _SCI.match(x):
         return float(x)
     if isinstance(x, dict):
-        return {k: _fix_numbers(v) for k, v in x.items()}
+        return {k: _fix_numbers(v, depth + 1) for k, v in x.items()}
     if isinstance(x, list):
-        return [_fix_numbers(v) for v in x]
+        return [_fix_numbers(v, depth + 1) for v in x]
     return x
 
 
@@ -128,6 +131,9 @@ class Config:
         from seqrec.losses.base import LOSSES, build_loss
         from seqrec.models import MODELS
 
+        for sec in OPEN_SECTIONS:
+            if not isinstance(getattr(self, sec).get("name"), str):
+                raise ConfigError(f"{sec}.name must be a name (a string), got {getattr(self, sec).get('name')!r}")
         _check_params("model", self.model, MODELS)
         build_loss(self.loss.name)  # imports the registry; raises on unknown names
         _check_params("loss", self.loss, LOSSES)
@@ -135,7 +141,7 @@ class Config:
         for key in ("batch_size", "epochs"):
             if not isinstance(t[key], int) or t[key] < 1:
                 raise ConfigError(f"train.{key} must be a positive integer, got {t[key]!r}")
-        if not isinstance(t.lr, (int, float)) or t.lr <= 0:
+        if not isinstance(t.lr, (int, float)) or isinstance(t.lr, bool) or not math.isfinite(t.lr) or t.lr <= 0:
             raise ConfigError(f"train.lr must be a positive number, got {t.lr!r}")
         if t.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"train.optimizer must be adam or adamw, got {t.optimizer!r}")
@@ -165,7 +171,7 @@ def _check_params(section: str, values: Section, registry: dict[str, Any]) -> No
 
 
 def _hint(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -4,6 +4,11 @@
 class SeqrecError(Exception):
     """A user-facing error: bad input, bad config, missing file. Message is one line."""
 
+    def __init__(self, message: object = "", *args: object) -> None:
+        # messages quote file contents (headers, ids): escape control characters so it stays one line
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(message))
+        super().__init__(text, *args)
+
 
 class DataError(SeqrecError):
     """An input file or dataset cannot be read or is unusable (names the file and the problem)."""

@@ -114,11 +114,11 @@ def test_sce_selection_is_valid():
         assert all(len(set(r.tolist())) == len(r) for r in row)
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 7, 100])
-def test_chunked_topk_equals_plain_topk(chunk):
+@pytest.mark.parametrize("chunk,merge_every", [(1, 1), (4, 2), (7, 8), (100, 8), (3, 1)])
+def test_chunked_topk_equals_plain_topk(chunk, merge_every):
     g = torch.Generator().manual_seed(0)
     q, keys = torch.randn(5, 4, generator=g), torch.randn(37, 4, generator=g)
-    got = topk_rows_chunked(q, keys, 6, chunk=chunk)
+    got = topk_rows_chunked(q, keys, 6, chunk=chunk, merge_every=merge_every)
     want = (q @ keys.T).topk(6, dim=1).indices
     assert torch.equal(got.sort(1).values, want.sort(1).values)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,17 +71,25 @@ def read(path: str | Path, fmt: str, **options) -> tuple[pl.LazyFrame, bool]:
     return _READERS[fmt](path, **options)
 
 
-def _head(path: Path, n: int = 65536) -> bytes:
+_HEAD = 65536
+
+
+def _head(path: Path, n: int = _HEAD) -> bytes:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        return f.read(n)
+    try:
+        with opener(path, "rb") as f:
+            return f.read(n)
+    except (OSError, EOFError, zlib.error) as e:  # a broken .gz raises all three
+        raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
 
 
 def _check_utf8(path: Path, data: bytes) -> None:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start < len(data) - 4:  # not just a multi-byte character cut at the end of the sample
+        # a multi-byte character cut by the end of the sample is fine -- only when the sample is a
+        # prefix of a longer file; a short file is the whole file and must decode entirely
+        if not (len(data) >= _HEAD and e.reason == "unexpected end of data"):
             raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
 
 
@@ -139,7 +148,7 @@ def _amazon_json(path: Path) -> tuple[pl.LazyFrame, bool]:
                 df = pl.read_ndjson(f.read(), schema=schema)
         else:
             df = pl.read_ndjson(path, schema=schema)
-    except (pl.exceptions.PolarsError, OSError, EOFError) as e:
+    except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: not Amazon JSON lines ({_first_line(e)})") from None
     for col in ("reviewerID", "asin", "unixReviewTime"):
         if df.get_column(col).null_count() == df.height:

@@ -140,9 +140,9 @@ def _block(targets, h, plan: _Plan, rt: _Round, k0: int, ac):
             del near
         logits.sub_(extra.float().log1p_())
         del extra
-    iw = _window(rt.ow, k0, k1, plan)
-    if bool((iw < 0).any()):  # padding slots (catalog ends, last chunk)
-        logits.masked_fill_((iw < 0).unsqueeze(1), float("-inf"))
+    c = rt.item_emb.shape[0]
+    if k0 * q < e * q or (k1 + 2 * e) * q > e * q + c:  # the windows reach padding slots
+        logits.masked_fill_((_window(rt.ow, k0, k1, plan) < 0).unsqueeze(1), float("-inf"))
     # the position's own target (at most once per window, items being unique within a round) is
     # the appended class, never a negative: find its column from its rank instead of comparing
     col = h["rank_w"][rt.rnd, targets[ix]] - (torch.arange(k0, k1, device=ix.device).unsqueeze(1) - e) * q
@@ -281,8 +281,10 @@ class RECE(Loss):
         # backward of one round: the gradients in sorted layout, X in sorted order
         sorted_rows = (slots_w + 2 * slots_x) * d * 4
         cells = plan.g * plan.p * plan.window
-        # one block: logits + prob (f32), masks (bool); with rounds > 1 the count (int16), the chunk-id
-        # difference (int16) and its log (f32); the bmm outputs
-        block = (cells * (4 + 4 + 1 + (2 + 2 + 4) * (self.rounds > 1))
-                 + plan.g * (plan.window + plan.p) * d * 4 * 2 + (plan.g + 2 * plan.e) * plan.q * d * 4)
+        # one block: logits (f32) plus the larger of the softmax buffer (f32) and, with rounds > 1,
+        # the multiplicity count (int16) with its log (f32); padding mask (bool); the bmm output
+        # and the group's gathered item rows
+        per_cell = 4 + max(4, (2 + 4) * (self.rounds > 1)) + 1
+        block = (cells * per_cell + plan.g * (plan.window + plan.p) * d * 4
+                 + (plan.g + 2 * plan.e) * plan.q * d * 4)
         return int(grads + hashing + sorted_rows + block + n * 16)

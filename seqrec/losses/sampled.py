@@ -132,20 +132,25 @@ class SampledLoss(Loss):
                ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Negatives]:
         """pos [N] and neg [N, n] float32 logits, mask [N, n] (True = a real negative), the draw."""
         neg = self._sampler.sample(y, w.shape[0], ctx)
-        pos = (x.float() * w[y].float()).sum(1)
         if self.shared and ctx.seq_idx is not None:
+            # negatives' and targets' rows in one gather: one dense [C, d] gradient, not two
+            r, k = neg.ids.shape
+            rows = w[torch.cat([neg.ids.reshape(-1), y])].to(x.dtype)
+            pos = (x.float() * rows[r * k:].float()).sum(1)
             seq = neg.row
-            slot, lmax = _pack(seq, neg.ids.shape[0])
-            xp = x.new_zeros((neg.ids.shape[0], lmax, x.shape[1])).index_put((seq, slot), x)
-            s = torch.bmm(xp, w[neg.ids].to(x.dtype).transpose(1, 2))  # [R, L, n]
+            slot, lmax = _pack(seq, r)
+            xp = x.new_zeros((r, lmax, x.shape[1])).index_put((seq, slot), x)
+            s = torch.bmm(xp, rows[:r * k].view(r, k, -1).transpose(1, 2))  # [R, L, n]
             logits = _Unpack.apply(s, seq, slot).float()
             del s
             # target vs the row's negatives, compared packed: bool [R, L, n], never int64 [N, n]
             yp = y.new_full((neg.ids.shape[0], lmax), -1).index_put_((seq, slot), y)
             mask = (neg.ids[:, None, :] != yp[:, :, None])[seq, slot]
         else:
-            logits = _GatherDot.apply(x, w, neg.ids, self._chunk(x.shape[1]))
             mask = neg.ids != y[:, None]
+            # the positive as column 0 of the same gather-dot: one dense [C, d] gradient, not two
+            both = _GatherDot.apply(x, w, torch.cat([y[:, None], neg.ids], 1), self._chunk(x.shape[1]))
+            pos, logits = both[:, 0], both[:, 1:]
         return pos, logits, mask, neg
 
     def _sampled_bytes(self, n: int, c: int, d: int, dtype_bytes: int) -> int:
@@ -156,14 +161,13 @@ class SampledLoss(Loss):
             # packed [R, L, n] bmm output and its per-position copy (R*L ≈ N), a bool mask; the
             # backward reuses the logits buffer for their gradient and scatters into one zero buffer
             return grads + 2 * n * k * 4 + n * k + c * d * dtype_bytes
-        # ids (int64) + logits + mask live from the forward on; then the largest of three phases:
-        # the loss arithmetic on [N, k] (about 4 float buffers with their gradients), the gather
-        # backward (the logits' gradient, one [chunk, k, d] block, the dense dW), and the sum of
-        # the two dense [C, d] gradients (positive path + negatives) that autograd forms
-        base = grads + n * k * (8 + 4 + 1)
+        # ids (int64, with the target column) + logits + mask live from the forward on; then the
+        # larger of two phases: the loss arithmetic on [N, k] (about 4 float buffers with their
+        # gradients) or the gather backward (the logits' gradient, one [chunk, k, d] block, dW)
+        base = grads + n * k * (8 + 8 + 4 + 1)
         math_ = 4 * n * k * 4
         gather = n * k * 4 + min(n, self._chunk(d)) * k * d * 4 + c * d * dtype_bytes
-        return base + max(math_, gather, 2 * c * d * dtype_bytes)
+        return base + max(math_, gather)
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}

@@ -56,28 +56,36 @@ def _positive_logits(hidden: torch.Tensor, item_emb: torch.Tensor, targets: torc
 
 @torch.no_grad()
 def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int,
-                      chunk: int | None = None) -> torch.Tensor:
+                      chunk: int | None = None, merge_every: int = 8) -> torch.Tensor:
     """Indices [m, k] of the k largest ``queries @ keys^T`` per row, keys scanned in chunks.
 
-    queries [m, d], keys [K, d]. A running top-k is merged with each chunk's scores, so memory is
-    O(m * (chunk + k)) instead of O(m * K). Ties break towards lower key index within a chunk.
+    queries [m, d], keys [K, d]. Each chunk's own top-k goes into a candidate buffer of
+    ``merge_every`` chunks, which is reduced to its top-k when full, so memory is
+    O(m * (chunk + merge_every * k)) instead of O(m * K) and the per-chunk work is one matmul and
+    one top-k (merging after every chunk costs more than the top-k itself on CPU).
     """
     m, K = queries.shape[0], keys.shape[0]
     k = min(k, K)
     if chunk is None:
         chunk = max(k, BLOCK_ELEMS // max(m, 1))
     q = queries.float()
-    best_v = best_i = None
+    # preallocated: small per-chunk results kept alive between the large score buffers would
+    # fragment the heap
+    buf_v = torch.empty(m, (merge_every + 1) * k, device=q.device)
+    buf_i = torch.empty(m, (merge_every + 1) * k, dtype=torch.long, device=q.device)
+    width = 0
     for c0 in range(0, K, chunk):
         s = q @ keys[c0:c0 + chunk].float().T  # [m, c]
-        if best_v is None:
-            best_v, j = s.topk(min(k, s.shape[1]), dim=1)
-            best_i = j + c0
-            continue
-        kp = best_v.shape[1]
-        best_v, j = torch.cat([best_v, s], 1).topk(min(k, kp + s.shape[1]), dim=1)
-        best_i = torch.where(j < kp, best_i.gather(1, j.clamp(max=kp - 1)), j - kp + c0)
-    return best_i
+        v, j = s.topk(min(k, s.shape[1]), dim=1)
+        del s
+        if width + v.shape[1] > buf_v.shape[1]:  # reduce the buffer to its top k
+            bv, bj = buf_v[:, :width].topk(k, dim=1)
+            bi = buf_i[:, :width].gather(1, bj)
+            buf_v[:, :k], buf_i[:, :k], width = bv, bi, k
+        buf_v[:, width:width + v.shape[1]] = v
+        buf_i[:, width:width + v.shape[1]] = j + c0
+        width += v.shape[1]
+    return buf_i[:, :width].gather(1, buf_v[:, :width].topk(k, dim=1).indices)
 
 
 def _check_size(name: str, value: Any, allow_auto: bool = True) -> int | str:
@@ -248,9 +256,9 @@ class SCE(Loss):
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
         n_b, k_x, k_y = self.resolve(n, c)
         grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)
-        # selection: one chunk of scores plus the running top-k merge (values, candidates, indices)
+        # selection: one chunk of scores, its top-k, the candidate buffer (9 k) and a merge
         chunk = max(k_y, BLOCK_ELEMS // n_b)
-        select = n_b * (chunk + k_y) * (4 + 4 + 8) + n_b * d * 4 + n * n_b * 4
+        select = n_b * chunk * 4 + n_b * k_y * 12 * (1 + 9 + 2) + n_b * d * 4 + n * n_b * 4
         saved = n_b * k_x * (4 + 4 + 4 + 8) + n_b * k_y * 8 + n * 16
         g = _group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs

@@ -6,7 +6,7 @@ broken by the lower id; where fewer than k items are eligible the row ends with 
 
 Filtering (per-user ``exclude``, global ``allow`` / ``deny``) is exact for exact backends (masked
 while scoring). Approximate indexes cannot mask, so they over-fetch, filter and refill (see
-``Retriever._filtered_search`` and docs/retrieval.md for the guarantee).
+``seqrec.retrieval.faiss_index`` and docs/retrieval.md for the guarantee).
 """
 
 from __future__ import annotations

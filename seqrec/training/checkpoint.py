@@ -38,7 +38,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def check_compatible(ckpt: dict[str, Any], fingerprint: str, n_items: int, path: Path) -> None:
     """Refuse a checkpoint trained on other data (its recommendations would be garbage)."""
-    meta = ckpt.get("meta", {})
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "model" not in ckpt:
+        raise SeqrecError(f"checkpoint {path} is not a seqrec checkpoint (no meta/model entries)")
     if meta.get("n_items") != n_items or meta.get("fingerprint") != fingerprint:
         raise SeqrecError(
             f"checkpoint {path} was trained on other data (catalog {meta.get('n_items')} items, fingerprint "

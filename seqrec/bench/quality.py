@@ -1,0 +1,229 @@
+"""``seqrec bench quality``: what each loss costs and what it buys, trained end to end.
+
+Every (loss, seed) pair is one ``seqrec fit`` in a subprocess (same config, same budget, early
+stopping on validation; only ``--loss`` and ``train.seed`` change), in ``DIR/runs/LOSS-seedS``.
+A run whose ``results.json`` exists is reused, a run with a checkpoint but no results is continued
+with ``seqrec fit --resume``, so an interrupted benchmark picks up where it stopped.
+
+Output: ``DIR/results.json`` (one record per run: loss, dataset, seed, ndcg@10, hr@10, peak_mb,
+epoch_s, best_epoch, ...), ``DIR/table.md`` (per-run rows, then mean ± std over seeds per loss),
+``DIR/summary.json`` and ``DIR/quality.png`` (test NDCG@10 against peak memory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from seqrec.errors import ConfigError
+
+COLUMNS = ["loss", "dataset", "seed", "status", "ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch", "epochs",
+           "wall_s", "note"]
+SUMMARY_COLUMNS = ["loss", "runs", "ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch"]
+METRICS = ("ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch")
+
+
+def run_process(cmd: list[str], timeout_s: float | None) -> tuple[int, str]:
+    """Run ``cmd``; return (exit code, combined output). Tests replace this with a fake ``fit``."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return 124, out + f"\ntimed out after {timeout_s:.0f} s"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def split_sets(sets: tuple[str, ...] | list[str], losses: list[str]) -> dict[str, list[str]]:
+    """``--set`` overrides per loss: ``KEY=V`` applies to every run, ``LOSS:KEY=V`` to one loss."""
+    per = {name: [] for name in losses}
+    for s in sets:
+        head, sep, rest = s.partition(":")
+        if sep and "=" not in head:
+            if head not in per:
+                raise ConfigError(f"--set {s}: {head!r} is not one of --losses ({', '.join(losses)})")
+            per[head].append(rest)
+        else:
+            for name in losses:
+                per[name].append(s)
+    return per
+
+
+def fit_command(run_dir: Path, loss: str, seed: int, dataset: str, data_dir: str | None, fmt: str | None,
+                config: str | None, sets: list[str]) -> list[str]:
+    """The ``seqrec fit`` command line of one run (or its ``--resume`` when it was interrupted)."""
+    fit = [sys.executable, "-m", "seqrec.cli", "fit"]
+    if (run_dir / "config.yaml").exists():
+        return fit + ["--resume", str(run_dir)]
+    cmd = fit + ["--dataset", dataset, "--loss", loss, "--set", f"train.seed={seed}", "--out", str(run_dir),
+                 "--overwrite", "--no-baseline"]
+    for opt, val in (("--data-dir", data_dir), ("--format", fmt), ("--config", config)):
+        if val is not None:
+            cmd += [opt, val]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """Metrics of a finished run directory (results.json + train_info.json)."""
+    res = json.loads((run_dir / "results.json").read_text())
+    info_path = run_dir / "train_info.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    test = res.get("test", {})
+    peak = info.get("cuda_peak_mb") or info.get("peak_rss_mb")
+    return {"ndcg@10": test.get("ndcg@10"), "hr@10": test.get("hr@10"), "peak_mb": peak,
+            "epoch_s": info.get("epoch_s"), "best_epoch": info.get("best_epoch"), "epochs": info.get("epochs"),
+            "wall_s": info.get("wall_s")}
+
+
+def run_all(out: Path, dataset: str, losses: list[str], seeds: list[int], data_dir: str | None = None,
+            fmt: str | None = None, config: str | None = None, sets: tuple[str, ...] = (),
+            timeout_s: float | None = None, log=print) -> list[dict[str, Any]]:
+    """Train (or reuse) every (loss, seed) run under ``out/runs``; one record per run."""
+    from seqrec.io import write_text
+
+    per_loss = split_sets(sets, losses)
+    records = []
+    for name in losses:
+        for seed in seeds:
+            run_dir = out / "runs" / f"{name}-seed{seed}"
+            rec: dict[str, Any] = {"loss": name, "dataset": dataset, "seed": seed, "status": "ok", "note": "",
+                                   "run_dir": str(run_dir)}
+            if (run_dir / "results.json").exists():
+                rec["note"] = "reused"
+            else:
+                cmd = fit_command(run_dir, name, seed, dataset, data_dir, fmt, config, per_loss[name])
+                log(f"{name} seed {seed}: {'resuming' if '--resume' in cmd else 'training'} in {run_dir}")
+                t0 = time.monotonic()
+                rc, output = run_process(cmd, timeout_s)
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                write_text(run_dir.parent / f"{name}-seed{seed}.log", " ".join(cmd) + "\n\n" + output)
+                if rc != 0 or not (run_dir / "results.json").exists():
+                    tail = [s for s in output.strip().splitlines() if s.strip()][-1:] or [f"exit code {rc}"]
+                    rec.update(status="failed", note=tail[0][:200])
+                    log(f"{name} seed {seed}: failed ({rec['note']}); log in {run_dir.parent}")
+                    records.append(rec)
+                    continue
+                rec["note"] = f"trained in {time.monotonic() - t0:.0f} s"
+            rec.update(read_run(run_dir))
+            log(f"{name} seed {seed}: NDCG@10 {rec['ndcg@10']} HR@10 {rec['hr@10']} peak {rec['peak_mb']} MB")
+            records.append(rec)
+    return records
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per loss: mean and (sample) std over its successful seeds of every metric."""
+    rows = []
+    for name in dict.fromkeys(r["loss"] for r in records):
+        ok = [r for r in records if r["loss"] == name and r["status"] == "ok"]
+        row: dict[str, Any] = {"loss": name, "runs": len(ok)}
+        for key in METRICS:
+            vals = [float(r[key]) for r in ok if r.get(key) is not None]
+            if vals:
+                row[key], row[f"{key}_std"] = _mean_std(vals)
+        rows.append(row)
+    return rows
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(row: dict[str, Any], key: str) -> str:
+        if key in ("loss", "runs"):
+            return str(row[key])
+        if key not in row:
+            return "—"
+        digits = 4 if key in ("ndcg@10", "hr@10") else 1
+        return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
+
+    head = "| " + " | ".join(SUMMARY_COLUMNS) + " |\n|" + "---|" * len(SUMMARY_COLUMNS) + "\n"
+    return head + "".join("| " + " | ".join(cell(r, k) for k in SUMMARY_COLUMNS) + " |\n" for r in rows)
+
+
+def plot(rows: list[dict[str, Any]], path: Path, dataset: str) -> None:
+    """Scatter: test NDCG@10 (mean ± std over seeds) against peak memory, one point per loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from seqrec.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        if "ndcg@10" not in r or "peak_mb" not in r:
+            continue
+        ax.errorbar(r["peak_mb"], r["ndcg@10"], yerr=r["ndcg@10_std"], xerr=r["peak_mb_std"], fmt="o",
+                    capsize=3, label=r["loss"])
+        ax.annotate(r["loss"], (r["peak_mb"], r["ndcg@10"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xscale("log")
+    ax.set_xlabel("peak memory of training (MB)")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title(f"Quality vs memory on {dataset}")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+@click.command("quality")
+@click.option("--dataset", required=True, help="Dataset name, prepared directory or file path.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
+@click.option("--format", "fmt", default=None, help="Reader for a file path.")
+@click.option("--losses", "losses_", default="ce,sce,rece,sampled_softmax,gbce,bce", show_default=True,
+              help="Registered loss names, comma-separated.")
+@click.option("--seeds", default=1, show_default=True, help="Seeds per loss (train.seed = 0 .. N-1).")
+@click.option("--config", default=None, help="Packaged config name or YAML file shared by every run.")
+@click.option("--set", "sets", multiple=True, metavar="[LOSS:]KEY=VALUE",
+              help="Config override for every run, or with a LOSS: prefix for that loss's runs only "
+                   "(e.g. sce:loss.bucket_size_y=512).")
+@click.option("--timeout", "timeout_s", default=None, type=float, help="Seconds per run (default: none).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+def command(dataset: str, data_dir: str | None, fmt: str | None, losses_: str, seeds: int, config: str | None,
+            sets: tuple[str, ...], timeout_s: float | None, out: str) -> int:
+    """Test NDCG@10 / HR@10 (mean ± std over seeds), peak memory and time per epoch of each loss."""
+    from seqrec.bench.common import write_results
+    from seqrec.io import write_json, write_text
+    from seqrec.losses import LOSSES
+
+    names = [s.strip() for s in losses_.split(",") if s.strip()]
+    unknown = [s for s in names if s not in LOSSES]
+    if unknown or not names:
+        raise ConfigError(f"--losses: unknown loss {', '.join(unknown) or '(none)'}; "
+                          f"known: {', '.join(sorted(LOSSES))}")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    outp = Path(out)
+    records = run_all(outp, dataset, names, list(range(seeds)), data_dir, fmt, config, sets, timeout_s,
+                      log=lambda m: click.echo(m, err=True))
+    cmd = f"seqrec bench quality --dataset {dataset} --losses {','.join(names)} --seeds {seeds} --out {out}"
+    for opt, val in (("--data-dir", data_dir), ("--format", fmt), ("--config", config)):
+        if val is not None:
+            cmd += f" {opt} {val}"
+    cmd += "".join(f" --set {s}" for s in sets)
+    path = write_results(outp, records, COLUMNS, f"Quality of each loss on {dataset}", cmd)
+    rows = summarize(records)
+    write_json(path / "summary.json", rows)
+    per_run = (path / "table.md").read_text()
+    head, _, runs = per_run.partition("| loss |")
+    write_text(path / "table.md", head + "## Mean ± std over seeds (test split)\n\n" + summary_markdown(rows)
+               + "\n## Runs\n\n| loss |" + runs)
+    plot(rows, path / "quality.png", dataset)
+    click.echo(summary_markdown(rows))
+    failed = [f"{r['loss']}-seed{r['seed']}" for r in records if r["status"] != "ok"]
+    if failed:
+        click.echo(f"failed runs: {', '.join(failed)} (logs in {outp / 'runs'})", err=True)
+        return 1
+    return 0
