@@ -147,8 +147,8 @@ def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
     fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), squeeze=False)
     for ax, (kind, n) in zip(axes[0], cases, strict=True):
         for backend in BACKENDS:
-            rs = sorted((r for r in records if r["embeddings"] == kind and r["catalog"] == n
-                         and r["backend"] == backend), key=lambda r: r["qps"])
+            # in sweep order (nprobe / ef_search increasing): timing noise must not reorder the curve
+            rs = [r for r in records if r["embeddings"] == kind and r["catalog"] == n and r["backend"] == backend]
             if not rs:
                 continue
             line = ax.plot([r["qps"] for r in rs], [r[f"recall@{k}"] for r in rs], "o-", label=backend)[0]
