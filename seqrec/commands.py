@@ -15,6 +15,11 @@ import click
 from seqrec.errors import SeqrecError
 
 
+# what may change when a run is resumed: its budget and where it runs, never what it computes
+RESUME_KEYS = {"train.epochs", "train.max_time", "train.patience", "train.num_threads",
+               "train.checkpoint_every_s", "train.checkpoint_every_steps"}
+
+
 def _metrics_table(rows: dict[str, dict[str, float]], ks: list[int]) -> str:
     names = ["hr", "ndcg", "mrr", "coverage"]
     cols = [f"{n}@{k}" for n in names for k in ks if f"{n}@{k}" in next(iter(rows.values()))]
@@ -74,15 +79,19 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
         run = Path(resume)
         if not (run / "config.yaml").exists():
             raise SeqrecError(f"--resume {run}: no config.yaml there (not a seqrec run directory)")
-        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or sets or overwrite:
-            raise SeqrecError("--resume continues a run with its saved config; drop the other options")
-        if (run / "results.json").exists():
-            click.echo(f"run {run} is already finished")
+        budget = [s for s in sets if s.split("=", 1)[0].strip() in RESUME_KEYS]
+        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or overwrite or \
+                len(budget) != len(sets):
+            raise SeqrecError("--resume continues a run with its saved config; only --device and --set "
+                              f"{'/'.join(sorted(RESUME_KEYS))} may change")
+        if (run / "results.json").exists() and not budget:
+            click.echo(f"run {run} is already finished (extend it with --set train.epochs=... or train.max_time=...)")
             _print_results(json.loads((run / "results.json").read_text()))
             return 0
         cfg = Config(read_yaml(run / "config.yaml"))
-        if device is not None:  # e.g. continue a CUDA run on a CPU-only machine
-            cfg = cfg.with_overrides([f"train.device={device}"])
+        extra = budget + ([f"train.device={device}"] if device is not None else [])
+        if extra:  # e.g. a longer budget, or continue a CUDA run on a CPU-only machine
+            cfg = cfg.with_overrides(extra)
     else:
         overrides = list(sets)
         for key, val in (("data.dataset", dataset), ("data.data_dir", data_dir), ("data.format", fmt),

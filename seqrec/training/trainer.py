@@ -192,6 +192,10 @@ class Trainer:
         ck = self.load_resume_state() if resume else None
         if ck is not None:
             st = self._restore(ck)
+            if st.stopped.startswith("time budget") and (not t_max(self.t) or st.elapsed < t_max(self.t)):
+                st.stopped = ""  # resumed with a larger budget
+            if st.stopped.startswith("early stop") and st.bad_epochs < self.t.patience:
+                st.stopped = ""  # resumed with more patience
             self.log(f"resumed from epoch {st.epoch} step {st.step}")
         t, B = self.t, int(self.t.batch_size)
         n_batches = math.ceil(len(self.windows) / B)
@@ -320,6 +324,10 @@ class Trainer:
         return evaluate(self.model, evalset, max_len=self.max_len, ks=list(e.ks), retriever=retriever,
                         filter_seen=e.filter_seen, batch_size=e.batch_size, device=self.device,
                         recall_sample=recall_sample, seed=int(self.t.seed))
+
+
+def t_max(t: Any) -> float | None:
+    return float(t.max_time) if t.max_time else None
 
 
 def _autocast(kind: str | None, device: torch.device) -> Any:
