@@ -14,7 +14,6 @@ import click
 
 from seqrec.errors import SeqrecError
 
-
 # what may change when a run is resumed: its budget and where it runs, never what it computes
 RESUME_KEYS = {"train.epochs", "train.max_time", "train.patience", "train.num_threads",
                "train.checkpoint_every_s", "train.checkpoint_every_steps"}
