@@ -132,7 +132,8 @@ def test_sigterm_saves_checkpoint_exits_143_and_says_how_to_resume(tmp_path):
 def test_resume_with_a_larger_budget_extends_a_finished_run(tmp_path):
     run = tmp_path / "r"
     subprocess.run(_fit_cmd(run, "--set", "train.epochs=1"), check=True, capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "seqrec.cli", "fit", "--resume", str(run)], capture_output=True, text=True)
+    resume = [sys.executable, "-m", "seqrec.cli", "fit", "--resume", str(run)]
+    r = subprocess.run(resume, capture_output=True, text=True)
     assert r.returncode == 0 and "already finished" in r.stdout
     r = subprocess.run([sys.executable, "-m", "seqrec.cli", "fit", "--resume", str(run), "--set", "train.epochs=2"],
                        capture_output=True, text=True)
