@@ -97,3 +97,12 @@ def test_pop_model_ranks_by_popularity(tiny_overrides):
     counts = d.item_pop[1:]
     best = d.item_ids[1 + np.argsort(-counts, kind="stable")[:3]].tolist()
     assert top == best
+
+
+def test_evaluate_with_approximate_backend_reports_its_recall(fitted):
+    exact = fitted.evaluate()
+    approx = fitted.evaluate(retrieval="faiss-hnsw")
+    assert 0.0 <= approx["retrieval_recall@50"] <= 1.0 and approx["retrieval_sample"] > 0
+    assert "retrieval_recall@50" not in exact  # exact search needs no approximation report
+    flat = fitted.evaluate(retrieval="faiss-flat")
+    assert flat["ndcg@10"] == pytest.approx(exact["ndcg@10"], abs=1e-9)

@@ -158,9 +158,9 @@ class SampledLoss(Loss):
         k = self.n_negatives
         grads = 2 * n * d * 4 + _OVERHEAD  # dX and the positive path's [N, d] gather, bookkeeping
         if self.shared:
-            # packed [R, L, n] bmm output and its per-position copy (R*L ≈ N), a bool mask; the
-            # backward reuses the logits buffer for their gradient and scatters into one zero buffer
-            return grads + 2 * n * k * 4 + n * k + c * d * dtype_bytes
+            # forward: packed [R, L, n] bmm output and its per-position copy (R*L ≈ N), a bool
+            # mask; backward: the logits buffer reused for their gradient, then the dense dW
+            return grads + max(2 * n * k * 4 + n * k, n * k * 4 + c * d * dtype_bytes)
         # ids (int64, with the target column) + logits + mask live from the forward on; then the
         # larger of two phases: the loss arithmetic on [N, k] (about 4 float buffers with their
         # gradients) or the gather backward (the logits' gradient, one [chunk, k, d] block, dW)
