@@ -53,6 +53,9 @@ def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks
     # + the [N, d] hidden states gathered for the loss
     activations = n_blocks * block + 4 * t * d * F32 + n * d * F32
     loss = build_loss(loss_name, **(loss_params or {})).predict_bytes(n, n_items, d, F32)
+    # predict_bytes (what `seqrec bench losses` measures) includes the [C, d] gradient of the item
+    # embeddings, which "gradients" already counts here
+    loss = max(loss - n_items * d * F32, 0)
     out = {"parameters": n_params * F32, "gradients": n_params * F32,
            "optimizer_state": optimizer_states * n_params * F32, "activations": activations,
            "loss": int(loss)}
