@@ -30,7 +30,7 @@ def machine_info() -> dict[str, Any]:
 def markdown_table(records: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
         if isinstance(v, dict):
             return ", ".join(f"{k}={x}" for k, x in v.items())
         return "" if v is None else str(v)
