@@ -172,17 +172,29 @@ def evaluate(run_dir, split, as_json, retrieval, sets) -> int:
     return 0
 
 
-def _read_id_file(path: str, dtype_like: Any) -> list:
-    import polars as pl
-
+def _existing(path: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise SeqrecError(f"{p}: no such file")
+    return p
+
+
+def _read_frame(p: Path, what: str) -> Any:
+    """A Parquet or CSV file (all columns as strings for CSV) as a polars DataFrame."""
+    import polars as pl
+
+    try:
+        return pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=0)
+    except Exception as e:  # polars raises several error types for unreadable files
+        raise SeqrecError(f"{p}: cannot read {what} ({str(e).splitlines()[0][:120]})") from None
+
+
+def _read_id_file(path: str, dtype_like: Any) -> list:
+    import polars as pl
+
+    p = _existing(path)
     if p.suffix == ".parquet":
-        try:
-            s = pl.read_parquet(p).to_series(0)
-        except Exception as e:  # polars raises several error types for unreadable files
-            raise SeqrecError(f"{p}: cannot read ids ({str(e).splitlines()[0][:120]})") from None
+        s = _read_frame(p, "ids").to_series(0)
     else:
         try:
             lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -204,11 +216,7 @@ def _cast_like(values: list, dtype_like: Any, source: Any) -> list:
 
 
 def _read_histories(path: str, rec: Any) -> dict:
-    import polars as pl
-
-    p = Path(path)
-    if not p.exists():
-        raise SeqrecError(f"{p}: no such file")
+    p = _existing(path)
     if p.suffix == ".json":
         try:
             raw = json.loads(p.read_text(encoding="utf-8"))
@@ -217,10 +225,7 @@ def _read_histories(path: str, rec: Any) -> dict:
         if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
             raise SeqrecError(f'{p}: expected {{"user": [item, ...], ...}}')
         return {u: _cast_like(v, rec.data_.item_ids[1:], p) for u, v in raw.items()}
-    try:
-        df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=0)
-    except Exception as e:  # polars raises several error types for unreadable files
-        raise SeqrecError(f"{p}: cannot read histories ({str(e).splitlines()[0][:120]})") from None
+    df = _read_frame(p, "histories")
     if not {"user", "item"} <= set(df.columns):
         raise SeqrecError(f"{p}: histories need columns user,item (one row per interaction, in time order)")
     items = _cast_like(df["item"].to_list(), rec.data_.item_ids[1:], p)
