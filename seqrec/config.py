@@ -40,6 +40,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "grad_clip": None,        # max gradient norm
         "epochs": 200,
         "patience": 10,           # epochs without validation NDCG@10 improvement before stopping
+        "group_by_length": True,  # batches of similar-length sequences (less padding), loss weighted by tokens
         "window_stride": None,    # sliding windows over histories longer than max_len (None: last max_len only)
         "autocast": None,         # None | bf16 | fp16 (fp16 on CUDA only)
         "seed": 0,

@@ -27,18 +27,27 @@ def model_inputs(model: torch.nn.Module, history: SequenceStore, rows: np.ndarra
 @torch.no_grad()
 def user_vectors(model: torch.nn.Module, history: SequenceStore, max_len: int, batch_size: int = 1024,
                  device: str | torch.device = "cpu") -> torch.Tensor:
-    """Query vector (hidden state of the last position) of every row of ``history`` -> float32 [M, d]."""
+    """Query vector (hidden state of the last position) of every row of ``history`` -> float32 [M, d].
+
+    Rows are encoded in order of history length, so each batch is padded only to the longest of
+    similar rows: on Amazon-like data (mean ~9 items, a few of 200) batches in row order would be
+    padded to ~200 and spend >90% of the encoder on padding. The encoders are padding-invariant
+    (right-aligned positions, padding keys masked), so the order does not change the vectors.
+    """
     was_training = model.training
     model.eval()
+    order = np.argsort(np.minimum(history.lengths, max_len), kind="stable")
     out = []
     for lo in range(0, len(history), batch_size):
-        rows = np.arange(lo, min(lo + batch_size, len(history)))
+        rows = order[lo:lo + batch_size]
         inp = torch.from_numpy(model_inputs(model, history, rows, max_len)).to(device)
         out.append(model(inp)[:, -1].float().cpu())
     model.train(was_training)
     if not out:
         return torch.zeros(0, getattr(model, "d", 1))
-    return torch.cat(out)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return torch.cat(out)[torch.from_numpy(back)]
 
 
 def evaluate(model: torch.nn.Module, evalset: Any, *, max_len: int, ks: list[int], retriever: Any = None,

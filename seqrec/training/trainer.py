@@ -29,7 +29,7 @@ from seqrec.errors import SeqrecError
 from seqrec.evaluation import evaluate
 from seqrec.io import write_text
 from seqrec.losses.base import Loss, LossContext
-from seqrec.training.batches import causal_batch, history_csr, make_windows, masked_batch
+from seqrec.training.batches import causal_batch, epoch_order, history_csr, make_windows, masked_batch
 from seqrec.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 
 
@@ -104,6 +104,12 @@ class Trainer:
         self.windows = make_windows(self.data.train, span, t.window_stride, min_len=2 if causal else 1)
         if len(self.windows) == 0 and getattr(self.model, "trainable", True):
             raise SeqrecError("no training sequence has enough items (need at least 2 per user)")
+        # With length grouping a batch's token count varies a lot; scaling each batch's mean loss by
+        # tokens / mean tokens keeps every target's weight in the epoch's gradient as in random batches.
+        targets = (self.windows.ends - self.windows.starts - (1 if causal else 0)).astype(np.float64)
+        if not causal:
+            targets *= getattr(self.model, "mask_prob", 1.0)
+        self.mean_targets = max(float(targets.sum()) / max(math.ceil(len(self.windows) / int(t.batch_size)), 1), 1.0)
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay) if params else None
@@ -207,7 +213,8 @@ class Trainer:
         while st.epoch < t.epochs and not st.stopped:
             self.model.train()
             if st.perm is None:
-                st.perm, st.step = self.rng.permutation(len(self.windows)), 0
+                lengths = self.windows.ends - self.windows.starts
+                st.perm, st.step = epoch_order(self.rng, lengths, B, bool(t.group_by_length)), 0
             ep_start, ep_loss, ep_n, stats_acc = time.monotonic(), 0.0, 0, {}
             bar = tqdm(total=n_batches, initial=st.step, desc=f"epoch {st.epoch + 1}", leave=False, disable=None)
             while st.step < n_batches:
@@ -300,7 +307,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(value):
             return self._non_finite(st, f"loss {value.item()}"), {}
-        value.backward()
+        scale = x.shape[0] / self.mean_targets if self.t.group_by_length else 1.0
+        (value * scale).backward()
         clip = self.t.grad_clip if self.t.grad_clip else float("inf")
         norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
         if not torch.isfinite(norm):
