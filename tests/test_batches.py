@@ -3,7 +3,7 @@
 import numpy as np
 
 from seqrec.data.store import SequenceStore
-from seqrec.training.batches import causal_batch, history_csr, make_windows, masked_batch
+from seqrec.training.batches import POOL_BATCHES, causal_batch, epoch_order, history_csr, make_windows, masked_batch
 
 
 def store():
@@ -55,3 +55,33 @@ def test_padded_tail_matches_python_reference():
     for r, i in zip(got, sel, strict=True):
         tail = rows[i][-5:] if rows[i] else []
         assert r.tolist() == [0] * (width - len(tail)) + [int(x) for x in tail]
+
+
+def test_epoch_order_is_a_permutation_with_full_batches_of_similar_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000)
+    B = 32
+    plain = epoch_order(np.random.default_rng(1), lengths, B, group_by_length=False)
+    grouped = epoch_order(np.random.default_rng(1), lengths, B, group_by_length=True)
+    for order in (plain, grouped):
+        assert sorted(order.tolist()) == list(range(1000))
+
+    def padded(order):  # positions computed when every batch pads to its longest
+        return sum(lengths[order[i:i + B]].max() * len(order[i:i + B]) for i in range(0, len(order), B))
+
+    assert padded(grouped) < 0.7 * padded(plain)
+    # batches are not simply the sorted order: the pools shuffle and the batch order is random
+    firsts = lengths[grouped[:-(1000 % B)].reshape(-1, B)[:, 0]]
+    assert not np.all(np.diff(firsts) >= 0)
+    # inside a full batch lengths come from one sorted pool: the spread is a fraction of the range
+    full = grouped[:1000 // B * B].reshape(-1, B)
+    spread = np.ptp(lengths[full], axis=1)
+    assert np.median(spread) < 200 / POOL_BATCHES * 2
+
+
+def test_epoch_order_is_seeded():
+    lengths = np.arange(500) % 37
+    a = epoch_order(np.random.default_rng(5), lengths, 16, True)
+    b = epoch_order(np.random.default_rng(5), lengths, 16, True)
+    c = epoch_order(np.random.default_rng(6), lengths, 16, True)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
