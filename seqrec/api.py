@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class SeqRec:
         self.model_: torch.nn.Module | None = None
         self.data_: PreparedData | None = None
         self.fit_info_: dict[str, Any] = {}
+        self.path_: Path | None = None  # directory loaded from / saved to: its index/ may be reused
 
     # ------------------------------------------------------------ config
     def _resolve(self) -> Config:
@@ -185,7 +187,29 @@ class SeqRec:
 
         name = backend or self.cfg_.eval.retrieval
         p = params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})
-        return build_retriever(name, **(p or {})).build(self.item_embeddings())
+        emb = self.item_embeddings()
+        return self._saved_index(name, p or {}, emb) or build_retriever(name, **(p or {})).build(emb)
+
+    def _saved_index(self, backend: str, params: dict, emb: np.ndarray):
+        """The index ``seqrec index build`` saved in this model's directory, when it indexes exactly
+        these embeddings and agrees with ``params`` (search-time ones are applied); else None."""
+        from seqrec.retrieval import load_retriever
+        from seqrec.retrieval.base import embedding_digest, load_meta
+
+        where = self.path_ / "index" / backend if self.path_ is not None else None
+        if where is None or not (where / "retriever.json").is_file():
+            return None
+        meta = load_meta(where)
+        if meta["source"] != embedding_digest(emb):
+            warnings.warn(f"{where} was built from other item embeddings (model retrained?): building a "
+                          f"fresh index; rebuild it with: seqrec index build {self.path_} --backend {backend}",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        retriever = load_retriever(where)
+        search = {k: v for k, v in params.items() if k in retriever.search_time}
+        if any(meta["params"].get(k) != v for k, v in params.items() if k not in search):
+            return None  # other build-time parameters were asked for
+        return retriever.set_params(**search) if search else retriever
 
     def item_embeddings(self) -> np.ndarray:
         """Scoring matrix of the catalog -> float32 [C, d] (row i = internal item i + 1)."""
@@ -306,6 +330,7 @@ class SeqRec:
             msg = str(e).replace("\n", " ").replace("\t", "")[:200]
             raise SeqrecError(f"{path / 'model.pt'} does not fit the model in {path / 'config.yaml'} ({msg})") from None
         obj.model_.eval()
+        obj.path_ = path
         info = path / "train_info.json"
         obj.fit_info_ = json.loads(info.read_text()) if info.exists() else {}
         return obj

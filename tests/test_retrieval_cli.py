@@ -75,3 +75,30 @@ def test_bench_retrieval_tiny(tmp_path):
         assert len(mine) >= 3 and sum(r["default"] for r in mine) == 1
     assert (tmp_path / "table.md").read_text().count("\n| clustered") >= 4
     assert (tmp_path / "recall_vs_qps.png").stat().st_size > 1000
+
+
+def test_saved_index_is_reused_while_it_matches_the_model(tmp_path, tiny_overrides, monkeypatch):
+    import torch
+
+    import seqrec.retrieval as retrieval
+    from seqrec import SeqRec
+
+    run = tmp_path / "run"
+    SeqRec(model="sasrec", loss="ce", overrides=tiny_overrides).fit(log=lambda s: None).save(run)
+    rcli.build_index(run, "faiss-hnsw", {"M": 8, "ef_search": 64})
+    rec = SeqRec.load(run)
+    expected = rec.evaluate(retrieval="torch")
+
+    def no_build(*a, **k):
+        raise AssertionError("built a fresh index instead of reusing the saved one")
+
+    monkeypatch.setattr(retrieval, "build_retriever", no_build)
+    got = rec._retriever("faiss-hnsw", {"ef_search": 80})  # search-time parameter: applied to the saved one
+    assert got.params["ef_search"] == 80 and got.params["M"] == 8
+    assert rec.evaluate(retrieval="faiss-hnsw")["ndcg@10"] == pytest.approx(expected["ndcg@10"], abs=0.05)
+    with pytest.raises(AssertionError, match="fresh index"):  # another build-time parameter: rebuild
+        rec._retriever("faiss-hnsw", {"M": 16})
+    with torch.no_grad():  # the model changed since the index was built: warn and rebuild
+        rec.model_.item_emb.weight.mul_(1.5)
+    with pytest.warns(RuntimeWarning, match="other item embeddings"), pytest.raises(AssertionError):
+        rec._retriever("faiss-hnsw", {})

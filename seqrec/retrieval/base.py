@@ -11,6 +11,7 @@ while scoring). Approximate indexes cannot mask, so they over-fetch, filter and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -229,8 +230,12 @@ class Retriever:
         """The indexed item vectors float32 [C, d] (used for exact ground truth)."""
         raise NotImplementedError
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to directory ``path`` atomically (a reader sees the old one or the new one)."""
+    def save(self, path: str | os.PathLike, source: str | None = None) -> Path:
+        """Write the index to directory ``path`` atomically (a reader sees the old one or the new one).
+
+        ``source``: an id of the indexed embeddings (``embedding_digest``), kept in the metadata so a
+        later reader can tell whether the index still matches the model.
+        """
         if not self._built:
             raise SeqrecError(f"retriever '{self.backend}' is not built: nothing to save")
         path = Path(path)
@@ -239,7 +244,8 @@ class Retriever:
         try:
             self._save_files(tmp)
             write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "backend": self.backend,
-                                         "params": self.params, "n_items": self.n_items, "dim": self.dim})
+                                         "params": self.params, "n_items": self.n_items, "dim": self.dim,
+                                         "source": source})
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old.{os.getpid()}")
@@ -301,4 +307,12 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
                         f"this seqrec reads {FORMAT_VERSION}")
-    return {"backend": backend, "params": params, "n_items": n_items, "dim": dim}
+    return {"backend": backend, "params": params, "n_items": n_items, "dim": dim, "source": meta.get("source")}
+
+
+def embedding_digest(emb: np.ndarray) -> str:
+    """Short content hash of an item-embedding matrix [C, d] (shape + float32 bytes)."""
+    arr = np.ascontiguousarray(emb, dtype=np.float32)
+    h = hashlib.blake2b(repr(arr.shape).encode(), digest_size=16)
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()

@@ -4,7 +4,8 @@
     seqrec index info RUN_DIR/index/faiss-hnsw
 
 The index lands in RUN_DIR/index/<backend>/ (written atomically) and is reloaded with
-``seqrec.retrieval.load_retriever``.
+``seqrec.retrieval.load_retriever``; ``seqrec evaluate/recommend RUN_DIR --retrieval <backend>``
+(``SeqRec.load(RUN_DIR)``) reuse it while it matches the model's item embeddings.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 
 from seqrec.errors import ConfigError
 from seqrec.retrieval import BACKENDS, build_retriever, load_retriever
-from seqrec.retrieval.base import load_meta
+from seqrec.retrieval.base import embedding_digest, load_meta
 
 
 def index_dir(run_dir: str | os.PathLike, backend: str) -> Path:
@@ -60,7 +61,7 @@ def build_index(run_dir: str | os.PathLike, backend: str, params: dict[str, Any]
     retriever.build(item_emb)
     build_s = time.perf_counter() - t0
     # a fallback (faiss missing) saves under the backend actually built, so the name never lies
-    out = retriever.save(index_dir(run_dir, retriever.backend))
+    out = retriever.save(index_dir(run_dir, retriever.backend), source=embedding_digest(item_emb))
     return out, {"backend": retriever.backend, "items": retriever.n_items, "dim": retriever.dim,
                  "build_s": round(build_s, 3), "params": retriever.params}
 
