@@ -34,6 +34,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def temp_dir_next_to(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A fresh hidden directory beside ``path`` (to be renamed over it) with the mode mkdir would give
+    (mkdtemp makes 0700 directories, which would leave a finished output unreadable to others)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
+
+
 def _read_umask() -> int:
     mask = os.umask(0)  # the only portable way to read it; done once, at import
     os.umask(mask)

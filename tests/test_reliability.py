@@ -529,3 +529,15 @@ def test_bad_data_or_settings_through_fit_exit_2_with_one_line(tmp_path, case, c
 def test_cuda_device_without_cuda_exits_2(tmp_path):
     rc, _, err = _fit_file(tmp_path, SEQS, "s.txt", "--format", "sasrec", "--device", "cuda")
     one_line_error(rc, err, "CUDA is not available")
+
+
+def test_atomic_directories_keep_the_usual_permissions(tmp_path, tiny_overrides):
+    """Prepared data and saved indexes are built in a temp dir and renamed; they must end with the
+    mode ``mkdir`` gives (``mkdtemp`` alone would leave them 0700)."""
+    from seqrec.data import load_dataset, save_prepared
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    data = load_dataset("synthetic", **tiny_overrides["data.options"])
+    save_prepared(data, tmp_path / "prepared")
+    assert (tmp_path / "prepared").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

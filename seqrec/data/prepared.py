@@ -23,7 +23,7 @@ from seqrec.data.preprocess import Interactions
 from seqrec.data.split import HOLD, ROLE_NAMES, TEST, TRAIN, VALID, build_prepared, fingerprint
 from seqrec.data.store import PreparedData
 from seqrec.errors import DataError
-from seqrec.io import atomic_path, write_json
+from seqrec.io import atomic_path, temp_dir_next_to, write_json
 
 FORMAT_VERSION = 1
 _FILES = ("interactions.parquet", "users.parquet", "items.parquet", "stats.json", "meta.json")
@@ -58,7 +58,7 @@ def save_prepared(data: PreparedData, out: str | os.PathLike) -> Path:
         raise DataError(f"{out}: directory is not empty and is not a prepared dataset; refusing to overwrite")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp = temp_dir_next_to(out)
     except OSError as e:
         raise DataError(f"{out}: cannot write output directory ({e.strerror or e})") from None
     try:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from seqrec.errors import ConfigError, DataError, SeqrecError
-from seqrec.io import write_json
+from seqrec.io import temp_dir_next_to, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "retriever.json"
@@ -240,7 +239,7 @@ class Retriever:
             raise SeqrecError(f"retriever '{self.backend}' is not built: nothing to save")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = temp_dir_next_to(path)
         try:
             self._save_files(tmp)
             write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "backend": self.backend,
