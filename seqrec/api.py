@@ -83,7 +83,7 @@ class SeqRec:
         obj.model = obj.loss = obj.config = obj.overrides = None
         obj.sections = {}
         obj.cfg_ = Config(tree)
-        obj.model_, obj.data_, obj.fit_info_ = None, None, {}
+        obj.model_, obj.data_, obj.fit_info_, obj.path_ = None, None, {}, None
         return obj
 
     # ------------------------------------------------------------ data

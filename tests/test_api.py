@@ -70,6 +70,8 @@ def test_save_load_gives_identical_recommendations(fitted, tmp_path):
 def test_config_round_trip(fitted):
     clone = SeqRec.from_config(fitted.get_config())
     assert clone.get_config() == fitted.get_config()
+    # a clone is a complete estimator: it fits and evaluates like the original
+    assert clone.fit(log=lambda s: None).evaluate() == pytest.approx(fitted.evaluate())
 
 
 def test_sections_and_dotted_overrides_agree():
