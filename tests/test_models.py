@@ -48,7 +48,8 @@ def test_shapes_and_no_nan_with_padding(name):
 
 def test_default_params_and_readme_snippet():
     m = build_model("sasrec", n_items=100)
-    assert m.get_params() == {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2}
+    assert m.get_params() == {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2,
+                            "block": "pre_ln"}
     assert m(torch.randint(0, 101, (2, 7))).shape == (2, 7, 64)
     b = build_model("bert4rec", n_items=100)
     assert b.mask_token == 101 and b.item_emb.num_embeddings == 102 and b.mask_prob == 0.2
@@ -184,3 +185,21 @@ def test_custom_models_doc_example_matches_gru4rec():
         torch.testing.assert_close(theirs(batch()), ours(batch()))
     finally:
         del MODELS["test_doc_gru"]
+
+
+def test_sasrec_reference_layout_is_causal_padding_invariant_and_distinct():
+    torch.manual_seed(0)
+    ref = build_model("sasrec", n_items=C, **{**TINY["sasrec"], "block": "sasrec"}).eval()
+    torch.manual_seed(0)
+    pre = build_model("sasrec", n_items=C, **TINY["sasrec"]).eval()
+    x = batch()
+    h = ref(x)
+    assert torch.isfinite(h).all() and (h[x == 0] == 0).all()
+    assert not torch.allclose(h, pre(x))  # same weights, other layout: other function
+    y = x.clone()
+    y[:, -1] = (y[:, -1] % C) + 1  # change the last item: earlier positions must not move
+    assert torch.allclose(ref(y)[:, :-1], h[:, :-1], atol=1e-6)
+    wide = torch.cat([torch.zeros(4, 3, dtype=torch.long), x], dim=1)  # more left padding
+    assert torch.allclose(ref(wide)[:, -1], h[:, -1], atol=1e-5)
+    with pytest.raises(ConfigError, match="model.block"):
+        build_model("sasrec", n_items=C, block="post")

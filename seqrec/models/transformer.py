@@ -18,16 +18,24 @@ from seqrec.errors import ConfigError
 from seqrec.models.base import Encoder, check_int, check_prob, register_model
 
 
+LAYOUTS = ("pre_ln", "sasrec")
+
+
 class Block(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + FFN(LN(x)).
+    """Transformer block in one of two layouts:
+
+    - ``pre_ln``: x + Attn(LN(x)), then x + FFN(LN(x)) (the usual modern layout);
+    - ``sasrec``: the layout of the SASRec reference code (Kang & McAuley; also its PyTorch ports used
+      by later CE papers): queries from LN(x) but keys/values from the raw x, the residual taken
+      from LN(x); then h = LN(.), h + FFN(h).
 
     The FFN linears are named ``up`` (d -> d_ff) and ``down`` (d_ff -> d) so that fine-tuning methods
     (seqrec.peft) can find them.
     """
 
-    def __init__(self, d: int, n_heads: int, d_ff: int, dropout: float, act: str):
+    def __init__(self, d: int, n_heads: int, d_ff: int, dropout: float, act: str, layout: str = "pre_ln"):
         super().__init__()
-        self.n_heads, self.p = n_heads, dropout
+        self.n_heads, self.p, self.layout = n_heads, dropout, layout
         self.ln1 = nn.LayerNorm(d, eps=1e-8)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
@@ -40,11 +48,21 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: [B, L, d]; mask: bool [B, 1, L, L], True where query i may attend to key j."""
         B, L, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        h = self.ln1(x)
+        if self.layout == "sasrec":
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(h, w[:d], b[:d])
+            k, v = F.linear(x, w[d:], b[d:]).split(d, dim=2)
+            x = h  # the residual branch starts from the normalised input
+        else:
+            q, k, v = self.qkv(h).split(d, dim=2)
         q, k, v = (t.view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
         p = self.p if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, L, d)))
+        if self.layout == "sasrec":
+            x = self.ln2(x)
+            return x + self.drop(self.down(self.drop(self.act(self.up(x)))))
         return x + self.drop(self.down(self.drop(self.act(self.up(self.ln2(x))))))
 
 
@@ -56,8 +74,12 @@ class _SelfAttentionEncoder(Encoder):
     ff_mult: int = 1
     scale_emb: bool = True
 
-    def _setup(self, n_items: int, d: int, n_blocks: int, n_heads: int, max_len: int, dropout: float):
+    def _setup(self, n_items: int, d: int, n_blocks: int, n_heads: int, max_len: int, dropout: float,
+               block: str = "pre_ln"):
         super().__init__(n_items, d)
+        if block not in LAYOUTS:
+            raise ConfigError(f"model.block must be one of {', '.join(LAYOUTS)}, got {block!r}")
+        self.block = block
         self.n_blocks = check_int("n_blocks", n_blocks, 1)
         self.n_heads = check_int("n_heads", n_heads, 1)
         self.max_len = check_int("max_len", max_len, 1)
@@ -69,7 +91,7 @@ class _SelfAttentionEncoder(Encoder):
         self.emb_drop = nn.Dropout(self.dropout)
         d_ff = self.ff_mult * self.d
         self.blocks = nn.ModuleList(
-            Block(self.d, self.n_heads, d_ff, self.dropout, self.act) for _ in range(self.n_blocks))
+            Block(self.d, self.n_heads, d_ff, self.dropout, self.act, block) for _ in range(self.n_blocks))
         self.ln_f = nn.LayerNorm(self.d, eps=1e-8)
         self.reset_parameters()
 
@@ -115,15 +137,16 @@ class SASRec(_SelfAttentionEncoder):
     """SASRec (Kang & McAuley, ICDM 2018): causal self-attention, position t predicts item t+1.
 
     Item table [C+1, d] (row 0 = padding) scaled by sqrt(d), learned positional embeddings
-    (right-aligned, see module doc), pre-LN blocks with a ReLU point-wise FFN (d -> d), final
-    LayerNorm; the output matrix is the input table's rows 1..C (tied).
+    (right-aligned, see module doc), blocks with a ReLU point-wise FFN (d -> d) in ``block`` layout
+    (``pre_ln`` or the reference code's ``sasrec``, see ``Block``), final LayerNorm; the output
+    matrix is the input table's rows 1..C (tied).
     """
 
     causal = True
 
     def __init__(self, n_items: int, d: int = 64, n_blocks: int = 2, n_heads: int = 1, max_len: int = 200,
-                 dropout: float = 0.2):
-        self._setup(n_items, d, n_blocks, n_heads, max_len, dropout)
+                 dropout: float = 0.2, block: str = "pre_ln"):
+        self._setup(n_items, d, n_blocks, n_heads, max_len, dropout, block)
 
 
 @register_model("bert4rec")
