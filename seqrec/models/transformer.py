@@ -17,7 +17,6 @@ from torch import nn
 from seqrec.errors import ConfigError
 from seqrec.models.base import Encoder, check_int, check_prob, register_model
 
-
 LAYOUTS = ("pre_ln", "sasrec")
 
 
