@@ -24,7 +24,7 @@ import yaml
 from seqrec.config import Config, load_config
 from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, SeqrecError
-from seqrec.io import atomic_path, write_json, write_text
+from seqrec.io import atomic_path, run_lock, write_json, write_text
 
 RUN_FILES = ("config.yaml", "model.pt", "data")
 
@@ -119,10 +119,17 @@ class SeqRec:
         With ``run_dir`` the run is checkpointed there (config.yaml, data/, checkpoints/,
         metrics.jsonl, model.pt, train_info.json) and can be resumed with ``resume=True``.
         """
+        run = Path(run_dir) if run_dir else None
+        if run is None:
+            return self._fit(data, None, resume, log, trainer_hook)
+        with run_lock(run):  # one process per run directory
+            return self._fit(data, run, resume, log, trainer_hook)
+
+    def _fit(self, data: Any, run: Path | None, resume: bool, log: Callable[[str], None],
+             trainer_hook: Callable[[Any], None] | None) -> SeqRec:
         from seqrec.training import Trainer
         from seqrec.training.trainer import seed_everything
 
-        run = Path(run_dir) if run_dir else None
         if resume and run is not None and (run / "data" / "meta.json").exists() and data is None:
             from seqrec.data import load_dataset
 

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from seqrec.errors import SeqrecError
+from seqrec.io import run_lock
 
 # what may change when a run is resumed: its budget and where it runs, never what it computes
 RESUME_KEYS = {"train.epochs", "train.max_time", "train.patience", "train.num_threads",
@@ -36,11 +37,13 @@ def _only_metrics(m: dict[str, Any]) -> dict[str, float]:
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SeqrecError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(c.name != ".lock" for c in out.iterdir()):
         if not overwrite:
             raise SeqrecError(f"run directory {out} already exists and is not empty; pass --overwrite to replace it "
                               f"or --resume {out} to continue it")
-        shutil.rmtree(out)
+        for child in out.iterdir():  # everything but the lock this process holds
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -71,7 +74,6 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
     """
-    from seqrec.api import SeqRec
     from seqrec.config import Config, load_config, read_yaml
 
     if resume:
@@ -100,7 +102,17 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
         cfg = load_config(config, overrides)
         run = Path(out) if out else Path("runs") / (
             f"{cfg.model.name}-{cfg.loss.name}-{Path(str(cfg.data.dataset)).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-        _check_out_dir(run, overwrite)
+        if run.exists() and not run.is_dir():
+            raise SeqrecError(f"--out {run} exists and is not a directory")
+    with run_lock(run):  # one process per run directory (a second --resume/--overwrite fails at once)
+        if not resume:
+            _check_out_dir(run, overwrite)
+        return _fit_run(cfg, run, bool(resume), baseline)
+
+
+def _fit_run(cfg: Any, run: Path, resume: bool, baseline: bool) -> int:
+    from seqrec.api import SeqRec
+
     rec = SeqRec.from_config(cfg)
 
     def hook(trainer):
@@ -114,7 +126,7 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     log = lambda s: click.echo(s, err=True)  # noqa: E731
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        rec.fit(None, run_dir=run, resume=bool(resume), log=log, trainer_hook=hook)
+        rec.fit(None, run_dir=run, resume=resume, log=log, trainer_hook=hook)
     except TrainingInterrupted as e:
         click.echo(f"interrupted: checkpoint saved in {run / 'checkpoints'}; resume with: seqrec fit --resume {run}",
                    err=True)

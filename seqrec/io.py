@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seqrec.errors import SeqrecError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -41,6 +43,52 @@ def temp_dir_next_to(path: str | os.PathLike, suffix: str = ".tmp") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
+
+
+_HELD: dict[Path, int] = {}  # run dirs this process holds the lock of -> nesting depth
+
+
+@contextlib.contextmanager
+def run_lock(run: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on run directory ``run`` (``RUN/.lock``, flock) while training it, so a
+    second ``seqrec fit --resume/--overwrite`` of the same directory fails at once instead of two
+    processes writing one run. Re-entrant within a process; released when the process dies."""
+    run = Path(run).resolve()
+    if run in _HELD:
+        _HELD[run] += 1
+        try:
+            yield
+        finally:
+            _HELD[run] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        f = open(run / ".lock", "a+")  # noqa: SIM115 - held for the whole block
+    except OSError as e:
+        raise SeqrecError(f"run directory {run} is not writable: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        who = f.read().strip()
+        f.close()
+        pid = f" (pid {who})" if who.isdigit() else ""
+        raise SeqrecError(f"run directory {run} is in use by another seqrec process{pid}; "
+                          "wait for it to finish or use another --out") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    _HELD[run] = 1
+    try:
+        yield
+    finally:
+        del _HELD[run]
+        f.close()
 
 
 def _read_umask() -> int:

@@ -541,3 +541,29 @@ def test_atomic_directories_keep_the_usual_permissions(tmp_path, tiny_overrides)
     data = load_dataset("synthetic", **tiny_overrides["data.options"])
     save_prepared(data, tmp_path / "prepared")
     assert (tmp_path / "prepared").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_a_run_directory_in_use_is_refused(finished, tmp_path):
+    """Two processes training one run directory would interleave checkpoints: the second fails at once."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    code = "import sys, time\nfrom seqrec.io import run_lock\nwith run_lock(sys.argv[1]):\n" \
+           "    print('held', flush=True)\n    time.sleep(60)\n"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, _, err = cli("fit", "--resume", run, "--set", "train.epochs=3")
+        one_line_error(rc, err, "in use by another seqrec process", f"pid {holder.pid}")
+        rc, _, err = cli("fit", "--out", run, "--overwrite", *FAST)
+        one_line_error(rc, err, "in use by another seqrec process")
+        assert (run / "model.pt").exists() and (run / "results.json").exists()  # nothing deleted
+        with pytest.raises(SeqrecError, match="in use"):
+            SeqRec.load(run).fit(run_dir=run, resume=True, log=lambda s: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, _, err = cli("fit", "--resume", run, "--set", "train.epochs=3")  # the lock died with its holder
+    assert rc == 0, err
