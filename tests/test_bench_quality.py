@@ -20,7 +20,13 @@ class FakeFit:
         self.calls: list[list[str]] = []
         self.fail = fail
 
-    def __call__(self, cmd, timeout_s):
+    def __call__(self, cmd, timeout_s, log):
+        rc, out = self._fit(cmd)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(" ".join(cmd) + "\n\n" + out)
+        return rc, out
+
+    def _fit(self, cmd):
         self.calls.append(cmd)
         if "--resume" in cmd:
             run = Path(cmd[cmd.index("--resume") + 1])
@@ -86,6 +92,13 @@ def test_rerun_reuses_and_resumes(tmp_path, fake):
     assert fake.calls[0][fake.calls[0].index("--resume") + 1] == str(tmp_path / "runs" / "bce-seed1")
     recs = json.loads((tmp_path / "results.json").read_text())
     assert len(recs) == 6 and sum("reused" in r["note"] for r in recs) == 5
+    # a resumed run gets the budget settings of this invocation (the rest is fixed by its config)
+    from seqrec.bench.quality import fit_command
+
+    cmd = fit_command(tmp_path / "runs" / "bce-seed1", "bce", 1, "synthetic", None, None, None,
+                      ["train.max_time=99", "model.d=8", "train.epochs=5"])
+    assert cmd[cmd.index("--resume") + 1:] == [str(tmp_path / "runs" / "bce-seed1"), "--set", "train.max_time=99",
+                                               "--set", "train.epochs=5"]
 
 
 def test_per_loss_overrides(tmp_path, fake):

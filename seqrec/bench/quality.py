@@ -3,7 +3,9 @@
 Every (loss, seed) pair is one ``seqrec fit`` in a subprocess (same config, same budget, early
 stopping on validation; only ``--loss`` and ``train.seed`` change), in ``DIR/runs/LOSS-seedS``.
 A run whose ``results.json`` exists is reused, a run with a checkpoint but no results is continued
-with ``seqrec fit --resume``, so an interrupted benchmark picks up where it stopped.
+with ``seqrec fit --resume`` (plus this invocation's budget settings, e.g. ``train.max_time``), so
+an interrupted benchmark picks up where it stopped. Each run writes its output straight to
+``DIR/runs/LOSS-seedS.log``: it survives the death of the benchmark process.
 
 Output: ``DIR/results.json`` (one record per run: loss, dataset, seed, ndcg@10, hr@10, peak_mb,
 epoch_s, best_epoch, ...), ``DIR/table.md`` (per-run rows, then mean ± std over seeds per loss),
@@ -30,14 +32,20 @@ SUMMARY_COLUMNS = ["loss", "runs", "ndcg@10", "hr@10", "peak_mb", "epoch_s", "be
 METRICS = ("ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch")
 
 
-def run_process(cmd: list[str], timeout_s: float | None) -> tuple[int, str]:
-    """Run ``cmd``; return (exit code, combined output). Tests replace this with a fake ``fit``."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return 124, out + f"\ntimed out after {timeout_s:.0f} s"
-    return proc.returncode, proc.stdout + proc.stderr
+def run_process(cmd: list[str], timeout_s: float | None, log: Path) -> tuple[int, str]:
+    """Run ``cmd`` with its output going straight to the file ``log`` (so the run survives the death
+    of this benchmark process: a pipe would kill it with SIGPIPE); return (exit code, output).
+    Tests replace this with a fake ``fit``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + "\n\n")
+        f.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"\ntimed out after {timeout_s:.0f} s\n")
+            rc = 124
+    return rc, log.read_text(errors="replace")
 
 
 def split_sets(sets: tuple[str, ...] | list[str], losses: list[str]) -> dict[str, list[str]]:
@@ -59,8 +67,11 @@ def fit_command(run_dir: Path, loss: str, seed: int, dataset: str, data_dir: str
                 config: str | None, sets: list[str]) -> list[str]:
     """The ``seqrec fit`` command line of one run (or its ``--resume`` when it was interrupted)."""
     fit = [sys.executable, "-m", "seqrec.cli", "fit"]
-    if (run_dir / "config.yaml").exists():
-        return fit + ["--resume", str(run_dir)]
+    if (run_dir / "config.yaml").exists():  # continue it; only budget settings may change on resume
+        from seqrec.commands import RESUME_KEYS
+
+        budget = [x for s in sets if s.split("=", 1)[0].strip() in RESUME_KEYS for x in ("--set", s)]
+        return fit + ["--resume", str(run_dir)] + budget
     cmd = fit + ["--dataset", dataset, "--loss", loss, "--set", f"train.seed={seed}", "--out", str(run_dir),
                  "--overwrite", "--no-baseline"]
     for opt, val in (("--data-dir", data_dir), ("--format", fmt), ("--config", config)):
@@ -87,7 +98,6 @@ def run_all(out: Path, dataset: str, losses: list[str], seeds: list[int], data_d
             fmt: str | None = None, config: str | None = None, sets: tuple[str, ...] = (),
             timeout_s: float | None = None, log=print) -> list[dict[str, Any]]:
     """Train (or reuse) every (loss, seed) run under ``out/runs``; one record per run."""
-    from seqrec.io import write_text
 
     per_loss = split_sets(sets, losses)
     records = []
@@ -102,9 +112,7 @@ def run_all(out: Path, dataset: str, losses: list[str], seeds: list[int], data_d
                 cmd = fit_command(run_dir, name, seed, dataset, data_dir, fmt, config, per_loss[name])
                 log(f"{name} seed {seed}: {'resuming' if '--resume' in cmd else 'training'} in {run_dir}")
                 t0 = time.monotonic()
-                rc, output = run_process(cmd, timeout_s)
-                run_dir.parent.mkdir(parents=True, exist_ok=True)
-                write_text(run_dir.parent / f"{name}-seed{seed}.log", " ".join(cmd) + "\n\n" + output)
+                rc, output = run_process(cmd, timeout_s, run_dir.parent / f"{name}-seed{seed}.log")
                 if rc != 0 or not (run_dir / "results.json").exists():
                     tail = [s for s in output.strip().splitlines() if s.strip()][-1:] or [f"exit code {rc}"]
                     rec.update(status="failed", note=tail[0][:200])
