@@ -35,8 +35,6 @@ def _only_metrics(m: dict[str, Any]) -> dict[str, float]:
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SeqrecError(f"--out {out} exists and is not a directory")
     if out.exists() and any(c.name != ".lock" for c in out.iterdir()):
         if not overwrite:
             raise SeqrecError(f"run directory {out} already exists and is not empty; pass --overwrite to replace it "
