@@ -128,6 +128,21 @@ def test_sce_auto_rule():
     n_b, k_x, k_y = loss.resolve(12800, 100_000)
     assert n_b == k_x == int(2 * math.sqrt(12800)) and k_y == 256
     assert loss.resolve(10, 100) == (6, 6, 100)  # k_y clipped to the catalog
+    # sized from the padded batch B x L when the trainer passes it (authors' code); k_x <= N
+    assert loss.resolve(1100, 12101, capacity=128 * 200) == (320, 320, 256)
+    assert loss.resolve(200, 12101, capacity=128 * 200) == (320, 200, 256)
+
+
+def test_sce_auto_uses_ctx_capacity():
+    x, w, y = _inputs(n=200, c=50)
+    loss = build_loss("sce")
+    plain, padded = _ctx(), _ctx()
+    padded.capacity = 10_000
+    loss(x, y, w, plain)
+    loss(x, y, w, padded)
+    # 2*sqrt(200) = 28 buckets of 28 positions leave some uncovered; 200 buckets of all 200 none
+    assert plain.stats["sce_coverage"] < 1.0
+    assert padded.stats["sce_coverage"] == 1.0
 
 
 # ------------------------------------------------------------------ RECE

@@ -24,6 +24,8 @@ class LossContext:
         (row b is ``hist_items[hist_offsets[b]:hist_offsets[b+1]]``), for "exclude seen" sampling.
     item_pop: float/int [C] training popularity (popularity sampling, logQ correction).
     generator: seeded torch.Generator on the loss's device (all sampling must use it).
+    capacity: positions a full batch of the run's shape holds (batch_size x max_len), padding
+        included; SCE's "auto" rule sizes its buckets from it, as the authors' code does.
     stats: filled by the loss (e.g. {"sce_coverage": 0.93}); the trainer averages and logs it.
     """
 
@@ -32,6 +34,7 @@ class LossContext:
     hist_items: torch.Tensor | None = None
     item_pop: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    capacity: int | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
 

@@ -214,9 +214,10 @@ class SCE(Loss):
     Parameters
     ----------
     n_buckets : int or "auto"
-        Number of buckets n_b. "auto": int(2 * sqrt(N)) for the batch's N positions (authors' rule).
+        Number of buckets n_b. "auto": int(2 * sqrt(M)), M = ``ctx.capacity`` (batch_size x max_len,
+        padding included, as in the authors' code) or, without it, the batch's N positions.
     bucket_size_x : int or "auto"
-        Positions per bucket k_x (clipped to N). "auto": int(2 * sqrt(N)), so n_b * k_x ~ 4N.
+        Positions per bucket k_x (clipped to N). "auto": int(2 * sqrt(M)), so n_b * k_x ~ 4M.
     bucket_size_y : int or "auto"
         Items per bucket k_y (clipped to C). "auto": 256, the authors' most frequent best value.
     mix_x : bool
@@ -232,9 +233,15 @@ class SCE(Loss):
         self.bucket_size_y = _check_size("bucket_size_y", bucket_size_y)
         self.mix_x = _check_bool("mix_x", mix_x)
 
-    def resolve(self, n: int, c: int) -> tuple[int, int, int]:
-        """(n_b, k_x, k_y) used for a batch of n positions and a catalog of c items."""
-        root = max(1, int(2 * math.sqrt(n)))
+    def resolve(self, n: int, c: int, capacity: int | None = None) -> tuple[int, int, int]:
+        """(n_b, k_x, k_y) for a batch of n positions (of ``capacity`` padded slots) and c items.
+
+        The authors size the auto buckets from the padded batch B x L, not from the real positions:
+        on short-history data (Amazon: 9 items a user, 10x padding) a position then falls into
+        dozens of buckets and its loss is the max over them, which matters for quality (measured
+        in docs/benchmarks.md); on long histories (ML-1M) the two are close.
+        """
+        root = max(1, int(2 * math.sqrt(capacity or n)))
         n_b = root if self.n_buckets == "auto" else self.n_buckets
         k_x = root if self.bucket_size_x == "auto" else self.bucket_size_x
         k_y = 256 if self.bucket_size_y == "auto" else self.bucket_size_y
@@ -246,7 +253,7 @@ class SCE(Loss):
         if n == 0:
             return hidden.sum() * 0.0
         targets = targets.long()
-        n_b, k_x, k_y = self.resolve(n, item_emb.shape[0])
+        n_b, k_x, k_y = self.resolve(n, item_emb.shape[0], ctx.capacity)
         idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator)
         per_pos, covered = _SCEFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
         ctx.stats["sce_coverage"] = float(covered.float().mean())

@@ -15,7 +15,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,9 +286,9 @@ class Trainer:
         elif getattr(self, "_best_state", None) is not None:
             self.model.load_state_dict(self._best_state)
 
-    def _step(self, sel: np.ndarray, autocast: Any, st: _State) -> tuple[float | None, dict[str, float]]:
-        model, dev = self.model, self.device
-        win = self.windows
+    def _batch(self, sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LossContext]:
+        """Windows ``sel`` -> inputs [B, W], targets [B, W] (0 = none), has-target mask, loss context."""
+        model, dev, win = self.model, self.device, self.windows
         if getattr(model, "causal", True):
             inputs, targets = causal_batch(self.data.train, win, sel)
         else:
@@ -296,10 +296,23 @@ class Trainer:
         inputs_t = torch.from_numpy(inputs).to(dev)
         targets_t = torch.from_numpy(targets).to(dev)
         has = targets_t > 0
-        seq_idx = has.nonzero()[:, 0]
         offs, items = history_csr(self.data.train, win.rows[sel])
-        ctx = LossContext(seq_idx=seq_idx, hist_offsets=torch.from_numpy(offs).to(dev),
-                          hist_items=torch.from_numpy(items).to(dev), item_pop=self.item_pop, generator=self.gen)
+        ctx = LossContext(seq_idx=has.nonzero()[:, 0], hist_offsets=torch.from_numpy(offs).to(dev),
+                          hist_items=torch.from_numpy(items).to(dev), item_pop=self.item_pop, generator=self.gen,
+                          capacity=int(self.t.batch_size) * self.max_len)
+        return inputs_t, targets_t, has, ctx
+
+    def sample_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, LossContext]]:
+        """The first ``n`` training batches of an epoch, as ``fit`` builds them (for diagnostics)."""
+        self._setup()
+        B = int(self.t.batch_size)
+        perm = epoch_order(self.rng, self.windows.ends - self.windows.starts, B, bool(self.t.group_by_length))
+        for i in range(min(n, math.ceil(len(perm) / B))):
+            yield self._batch(perm[i * B:(i + 1) * B])
+
+    def _step(self, sel: np.ndarray, autocast: Any, st: _State) -> tuple[float | None, dict[str, float]]:
+        model = self.model
+        inputs_t, targets_t, has, ctx = self._batch(sel)
         with autocast:
             hidden = model(inputs_t)                      # [B, W, d]
             x = hidden[has]                               # [N, d]
