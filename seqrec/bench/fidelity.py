@@ -74,8 +74,8 @@ def command(run_dir, specs, batches, seed, out) -> int:
     losses = [build_loss(name, **params) for _, name, params in parsed]  # bad names fail before any work
     rec = SeqRec.load(run_dir)
     model = rec.model_
-    trainer = Trainer(rec.cfg_, model, build_loss("ce"), rec.data_, log=lambda m: None)
     ce = build_loss("ce")
+    trainer = Trainer(rec.cfg_, model, ce, rec.data_, log=lambda m: None)
     acc: list[list[tuple[float, ...]]] = [[] for _ in parsed]
     positions = 0
     torch.manual_seed(seed)
