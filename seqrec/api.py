@@ -174,17 +174,73 @@ class SeqRec:
         """HR/NDCG/MRR/coverage@k on ``split`` ('valid' or 'test') of ``data`` (default: the fitted data)."""
         from seqrec.evaluation import evaluate
 
+        e = self.cfg_.eval
+        evalset = self._evalset(data, split)
+        retr = self._retriever(retrieval, retrieval_params)
+        return evaluate(self.model_, evalset, max_len=self._max_len(), ks=list(e.ks),
+                        retriever=retr, filter_seen=e.filter_seen, batch_size=e.batch_size,
+                        recall_sample=e.recall_sample, seed=int(self.cfg_.train.seed))
+
+    def _evalset(self, data: Any, split: str) -> EvalSet:
         self._check_fitted()
         if split not in ("valid", "test"):
             raise SeqrecError(f"split must be 'valid' or 'test', got {split!r}")
         prepared = self.data_ if data is None else self._load_data(data)
         if prepared.n_items != self.data_.n_items:
             raise SeqrecError(f"data has {prepared.n_items} items but the model was trained on {self.data_.n_items}")
+        return getattr(prepared, split)
+
+    def evaluation_ranks(self, data: Any = None, split: str = "test", k: int | None = None) -> np.ndarray:
+        """0-based rank of each evaluated user's target among the top ``k`` (default: the largest
+        ``eval.ks``) of the whole catalog, seen items filtered as in ``evaluate`` -> int [M]; -1 = not in the top k."""
+        from seqrec.evaluation import evaluation_ranks
+
         e = self.cfg_.eval
-        retr = self._retriever(retrieval, retrieval_params)
-        return evaluate(self.model_, getattr(prepared, split), max_len=self._max_len(), ks=list(e.ks),
-                        retriever=retr, filter_seen=e.filter_seen, batch_size=e.batch_size,
-                        recall_sample=e.recall_sample, seed=int(self.cfg_.train.seed))
+        evalset = self._evalset(data, split)
+        return evaluation_ranks(self.model_, evalset, max_len=self._max_len(), k=int(k or max(e.ks)),
+                                retriever=self._retriever(None, None), filter_seen=e.filter_seen,
+                                batch_size=e.batch_size)
+
+    def compare(self, *others: SeqRec, data: Any = None, split: str = "test",
+                metrics: tuple[str, ...] = ("ndcg@10", "hr@10"), resamples: int = 2000, level: float = 0.95,
+                seed: int = 0) -> pl.DataFrame:
+        """Each of ``others`` against this model on the same users: means, ratio other/this and
+        difference with paired-bootstrap ``level`` intervals, and a paired t-test p-value.
+
+        One row per (other model, metric): ``run`` (its directory when loaded from one, else its
+        0-based index in ``others``), ``metric``, ``base`` (this model's mean), ``value``, ``ratio``
+        (value / base) with ``ratio_lo``/``ratio_hi``, ``diff`` with ``diff_lo``/``diff_hi``, ``p_value``, ``users``.
+        All models must have been fitted on the same data.
+        """
+        from seqrec.evaluation import compare_ranks, per_user
+
+        if not metrics:
+            raise SeqrecError("compare needs at least one metric")
+        if not others:
+            raise SeqrecError("compare needs at least one other model")
+        self._check_fitted()
+        for m in metrics:
+            try:
+                per_user(np.zeros(1, dtype=np.int64), m)
+            except ValueError as e:
+                raise SeqrecError(str(e)) from None
+        fp = self.data_.meta.get("fingerprint")
+        k = max(int(m.partition("@")[2]) for m in metrics)
+        base = self.evaluation_ranks(data, split, k)
+        targets = self._evalset(data, split).targets
+        rows = []
+        for i, o in enumerate(others):
+            o._check_fitted()
+            other_set = o._evalset(data, split)
+            if o.data_.meta.get("fingerprint") != fp or not np.array_equal(other_set.targets, targets):
+                raise SeqrecError(f"model {o.path_ or i} was fitted on other data: "
+                                  "a paired comparison needs the same users")
+            try:
+                recs = compare_ranks(base, o.evaluation_ranks(data, split, k), metrics, resamples, level, seed)
+            except ValueError as e:
+                raise SeqrecError(str(e)) from None
+            rows += [{"run": str(o.path_) if o.path_ is not None else str(i), **r} for r in recs]
+        return pl.DataFrame(rows)
 
     def _max_len(self) -> int:
         return int(getattr(self.model_, "max_len", 200))

@@ -2,7 +2,7 @@
 when used (so ``seqrec --help`` and ``seqrec data stats`` don't pay for torch/faiss imports):
 
 - ``seqrec data …``  -> seqrec/data/cli.py
-- ``seqrec fit / evaluate / recommend`` -> seqrec/commands.py
+- ``seqrec fit / evaluate / compare / recommend`` -> seqrec/commands.py
 - ``seqrec bench …`` -> seqrec/bench/{data,losses,quality,retrieval}.py
 - ``seqrec index …`` -> seqrec/retrieval/cli.py
 - ``seqrec plan``    -> seqrec/plan.py
@@ -39,7 +39,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              lazy={"fit": "seqrec.commands:fit", "evaluate": "seqrec.commands:evaluate",
-                   "recommend": "seqrec.commands:recommend", "data": "seqrec.data.cli:data",
+                   "recommend": "seqrec.commands:recommend",
+                   "compare": "seqrec.commands:compare", "data": "seqrec.data.cli:data",
                    "bench": "seqrec.bench.cli:bench", "index": "seqrec.retrieval.cli:index",
                    "plan": "seqrec.plan:plan"})
 @click.version_option(__version__, prog_name="seqrec")

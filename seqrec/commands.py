@@ -1,4 +1,4 @@
-"""``seqrec fit``, ``seqrec evaluate`` and ``seqrec recommend``: thin CLI wrappers over ``seqrec.api``."""
+"""``seqrec fit``, ``evaluate``, ``compare`` and ``recommend``: thin CLI wrappers over ``seqrec.api``."""
 
 from __future__ import annotations
 
@@ -182,6 +182,37 @@ def evaluate(run_dir, split, as_json, retrieval, sets) -> int:
     return 0
 
 
+@click.command()
+@click.argument("base_run", type=click.Path())
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--metric", "metrics", multiple=True, default=("ndcg@10", "hr@10"), show_default=True,
+              help="ndcg@K, hr@K or mrr@K; repeat for several.")
+@click.option("--resamples", default=2000, show_default=True, type=click.IntRange(min=100),
+              help="Paired bootstrap resamples of the users.")
+@click.option("--level", default=0.95, show_default=True, type=click.FloatRange(0.5, 0.999), help="Interval level.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON list.")
+def compare(base_run, runs, split, metrics, resamples, level, as_json) -> int:
+    """Compare RUNS with BASE_RUN on the same users: ratio and difference with paired-bootstrap
+    intervals and a paired t-test p-value (is a gap real, or within run-to-run noise?)."""
+    from seqrec.api import SeqRec
+
+    base = SeqRec.load(base_run)
+    df = base.compare(*(SeqRec.load(r) for r in runs), split=split, metrics=tuple(metrics), resamples=resamples,
+                      level=level)
+    if as_json:
+        click.echo(json.dumps(df.to_dicts(), indent=2))
+        return 0
+    pct = f"{level:.0%}"
+    click.echo(f"{split}, {df['users'][0]} users; base: {base_run}")
+    click.echo(f"{'run':<40} {'metric':<9} {'base':>8} {'run':>8} {'ratio':>7}  {pct + ' interval':<17} {'p':>8}")
+    for r in df.iter_rows(named=True):
+        name = r["run"] if len(r["run"]) <= 40 else "…" + r["run"][-39:]
+        click.echo(f"{name:<40} {r['metric']:<9} {r['base']:>8.4f} {r['value']:>8.4f} "
+                   f"{r['ratio']:>7.4f}  [{r['ratio_lo']:.4f}, {r['ratio_hi']:.4f}] {r['p_value']:>8.2g}")
+    return 0
+
+
 def _existing(path: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -284,7 +315,7 @@ def recommend(run_dir, users_file, all_users, histories, k, out, retrieval, filt
     return 0
 
 
-COMMANDS = [fit, evaluate, recommend]
+COMMANDS = [fit, evaluate, compare, recommend]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(fit())

@@ -138,3 +138,23 @@ def test_real_fit_command_line(tmp_path):
     for part in ("--dataset amazon-beauty", "--loss sce", "--set train.seed=2", "--data-dir /data",
                  "--config sasrec-beauty-ce", "--set loss.bucket_size_y=512", f"--out {tmp_path / 'r'}"):
         assert part in joined
+
+
+def test_real_runs_are_paired_with_ce(tmp_path):
+    """Two real tiny fits: the bce run gets its NDCG@10 ratio to ce with a paired interval."""
+    tiny = ('data.options={"synthetic": {"n_users": 150, "n_items": 50, "n_clusters": 4, "mean_len": 12.0, '
+            '"max_len": 30}}')
+    assert main(["bench", "quality", "--dataset", "synthetic", "--losses", "ce,bce", "--seeds", "1",
+                 "--set", tiny, "--set", "model.d=16", "--set", "model.max_len=20", "--set", "train.epochs=2",
+                 "--set", "train.batch_size=32", "--set", "train.num_threads=1", "--out", str(tmp_path)]) == 0
+    ce, bce = json.loads((tmp_path / "results.json").read_text())
+    assert "x_ce" not in ce or ce["x_ce"] is None
+    assert bce["x_ce"] == pytest.approx(bce["ndcg@10"] / ce["ndcg@10"], rel=1e-9)
+    assert bce["x_ce_lo"] <= bce["x_ce"] <= bce["x_ce_hi"] and 0 <= bce["p_vs_ce"] <= 1
+    assert "| x_ce |" in (tmp_path / "table.md").read_text()
+
+
+def test_fake_runs_without_models_keep_their_table(tmp_path, fake):
+    assert _run(tmp_path) == 0
+    recs = json.loads((tmp_path / "results.json").read_text())
+    assert all("x_ce" not in r for r in recs) and "no ce comparison" in recs[2]["note"]

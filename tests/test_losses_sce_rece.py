@@ -96,6 +96,20 @@ def test_sce_matches_bruteforce_reference(mix_x):
     assert ctx.stats["sce_coverage"] == pytest.approx(idx_x.unique().numel() / x.shape[0])
 
 
+def test_sce_many_buckets_per_position_in_small_blocks(monkeypatch):
+    # dozens of buckets per position (the padded-batch rule on short histories) and working blocks
+    # far smaller than one bucket: forward groups and backward's winner rows are cut into pieces
+    import seqrec.losses.sce as sce
+
+    monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
+    x, w, y = _inputs(n=20, c=30, d=8, seed=4, dup_targets=True)
+    n_b, k_x, k_y = 40, 15, 9
+    idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(2))
+    ref = _value_and_grads(lambda: _sce_reference(x, w, y, idx_x, idx_y), x, w)
+    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=True)
+    _assert_same(_value_and_grads(lambda: loss(x, y, w, _ctx(2)), x, w), ref)
+
+
 def test_sce_target_among_bucket_items_is_masked():
     x, w, y = _confident(n=10, c=6, d=8)
     idx_x, idx_y = sce_select(x, w, 5, 10, 6, True, torch.Generator().manual_seed(0))

@@ -7,7 +7,12 @@ with ``seqrec fit --resume`` (plus this invocation's budget settings, e.g. ``tra
 an interrupted benchmark picks up where it stopped. Each run writes its output straight to
 ``DIR/runs/LOSS-seedS.log``: it survives the death of the benchmark process.
 
-Output: ``DIR/results.json`` (one record per run: loss, dataset, seed, ndcg@10, hr@10, peak_mb,
+When ``ce`` is among the losses, every other run is also compared with the ``ce`` run of the same
+seed on the same test users (``SeqRec.compare``): ``x_ce`` = its test NDCG@10 / CE's, with the
+paired-bootstrap 95% interval ``x_ce_lo``..``x_ce_hi`` and the paired t-test ``p_vs_ce``. That
+interval covers the test users' sampling noise, not the seed-to-seed spread (use ``--seeds``).
+
+Output: ``DIR/results.json`` (one record per run: loss, dataset, seed, ndcg@10, hr@10, x_ce, peak_mb,
 epoch_s, best_epoch, ...), ``DIR/table.md`` (per-run rows, then mean ± std over seeds per loss),
 ``DIR/summary.json`` and ``DIR/quality.png`` (test NDCG@10 against peak memory).
 """
@@ -26,10 +31,10 @@ import click
 
 from seqrec.errors import ConfigError
 
-COLUMNS = ["loss", "dataset", "seed", "status", "ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch", "epochs",
-           "wall_s", "note"]
-SUMMARY_COLUMNS = ["loss", "runs", "ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch"]
-METRICS = ("ndcg@10", "hr@10", "peak_mb", "epoch_s", "best_epoch")
+COLUMNS = ["loss", "dataset", "seed", "status", "ndcg@10", "hr@10", "x_ce", "x_ce_lo", "x_ce_hi", "p_vs_ce",
+           "peak_mb", "epoch_s", "best_epoch", "epochs", "wall_s", "note"]
+SUMMARY_COLUMNS = ["loss", "runs", "ndcg@10", "hr@10", "x_ce", "peak_mb", "epoch_s", "best_epoch"]
+METRICS = ("ndcg@10", "hr@10", "x_ce", "peak_mb", "epoch_s", "best_epoch")
 
 
 def run_process(cmd: list[str], timeout_s: float | None, log: Path) -> tuple[int, str]:
@@ -126,6 +131,24 @@ def run_all(out: Path, dataset: str, losses: list[str], seeds: list[int], data_d
     return records
 
 
+def paired_with_ce(records: list[dict[str, Any]], resamples: int = 2000) -> None:
+    """Add ``x_ce``, ``x_ce_lo``, ``x_ce_hi``, ``p_vs_ce`` (test NDCG@10 against the same seed's ce run) in place."""
+    from seqrec.api import SeqRec
+
+    ce = {r["seed"]: r for r in records if r["loss"] == "ce" and r["status"] == "ok"}
+    for r in records:
+        base = ce.get(r["seed"])
+        if base is None or r["status"] != "ok" or r is base:
+            continue
+        try:
+            (c,) = SeqRec.load(base["run_dir"]).compare(SeqRec.load(r["run_dir"]), metrics=("ndcg@10",),
+                                                         resamples=resamples).to_dicts()
+        except Exception as e:  # a comparison must not sink the table of finished runs
+            r["note"] = (r["note"] + f"; no ce comparison ({str(e).splitlines()[0][:80]})").lstrip("; ")
+            continue
+        r.update(x_ce=c["ratio"], x_ce_lo=c["ratio_lo"], x_ce_hi=c["ratio_hi"], p_vs_ce=c["p_value"])
+
+
 def _mean_std(vals: list[float]) -> tuple[float, float]:
     m = sum(vals) / len(vals)
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
@@ -152,7 +175,7 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             return str(row[key])
         if key not in row:
             return "—"
-        digits = 4 if key in ("ndcg@10", "hr@10") else 1
+        digits = 4 if key in ("ndcg@10", "hr@10") else 3 if key == "x_ce" else 1
         return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
 
     head = "| " + " | ".join(SUMMARY_COLUMNS) + " |\n|" + "---|" * len(SUMMARY_COLUMNS) + "\n"
@@ -216,6 +239,7 @@ def command(dataset: str, data_dir: str | None, fmt: str | None, losses_: str, s
     outp = Path(out)
     records = run_all(outp, dataset, names, list(range(seeds)), data_dir, fmt, config, sets, timeout_s,
                       log=lambda m: click.echo(m, err=True))
+    paired_with_ce(records)
     cmd = f"seqrec bench quality --dataset {dataset} --losses {','.join(names)} --seeds {seeds} --out {out}"
     for opt, val in (("--data-dir", data_dir), ("--format", fmt), ("--config", config)):
         if val is not None:

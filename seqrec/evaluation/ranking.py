@@ -59,19 +59,12 @@ def evaluate(model: torch.nn.Module, evalset: Any, *, max_len: int, ks: list[int
     top-k when None). With an approximate backend and ``recall_sample`` > 0, the result also holds
     ``retrieval_recall@K`` (its recall against exact search on that many sampled users).
     """
-    from seqrec.retrieval import build_retriever
-
-    item_emb = model.item_embeddings().detach().float().cpu()
-    if retriever is None:
-        retriever = build_retriever("torch").build(item_emb)
     kmax = max(ks)
-    queries = user_vectors(model, evalset.history, max_len, batch_size, device)
-    exclude = (evalset.history.offsets, evalset.history.items - 1) if filter_seen else None
-    _, ids = retriever.search(queries, kmax, exclude=exclude)
-    ids = np.asarray(ids)
+    retriever, queries, exclude, ids = _search(model, evalset, max_len, kmax, retriever, filter_seen, batch_size,
+                                               device)
     ranks = target_ranks(ids, np.asarray(evalset.targets) - 1)
     metrics = rank_metrics(ranks, ks)
-    metrics.update(coverage(ids, ks, len(item_emb)))
+    metrics.update(coverage(ids, ks, model.item_embeddings().shape[0]))
     metrics["users"] = len(evalset)
     if recall_sample and not getattr(retriever, "exact", False):
         from seqrec.retrieval import approximation_report
@@ -80,3 +73,28 @@ def evaluate(model: torch.nn.Module, evalset: Any, *, max_len: int, ks: list[int
         metrics[f"retrieval_recall@{kmax}"] = rep["recall@k_vs_exact"]
         metrics["retrieval_sample"] = rep["sample"]
     return metrics
+
+
+def evaluation_ranks(model: torch.nn.Module, evalset: Any, *, max_len: int, k: int, retriever: Any = None,
+                     filter_seen: bool = True, batch_size: int = 1024,
+                     device: str | torch.device = "cpu") -> np.ndarray:
+    """0-based rank of each evaluated user's target in the top ``k`` -> int [M] (-1: not in the top k).
+
+    The per-user record behind ``evaluate``'s averages (same search, same filtering), for paired
+    comparisons of two models on the same users (``seqrec.evaluation.compare_ranks``).
+    """
+    *_, ids = _search(model, evalset, max_len, k, retriever, filter_seen, batch_size, device)
+    return target_ranks(ids, np.asarray(evalset.targets) - 1)
+
+
+def _search(model: torch.nn.Module, evalset: Any, max_len: int, k: int, retriever: Any, filter_seen: bool,
+            batch_size: int, device: str | torch.device) -> tuple[Any, torch.Tensor, Any, np.ndarray]:
+    """Top-``k`` catalog ids [M, k] of every evaluated user (plus the retriever, queries and exclusions)."""
+    from seqrec.retrieval import build_retriever
+
+    if retriever is None:
+        retriever = build_retriever("torch").build(model.item_embeddings().detach().float().cpu())
+    queries = user_vectors(model, evalset.history, max_len, batch_size, device)
+    exclude = (evalset.history.offsets, evalset.history.items - 1) if filter_seen else None
+    _, ids = retriever.search(queries, k, exclude=exclude)
+    return retriever, queries, exclude, np.asarray(ids)

@@ -8,9 +8,10 @@ position's loss is the maximum over the buckets it falls in; positions in no buc
 
 Beyond the reference implementation (same value and gradients):
 - Omega W^T is computed in catalog chunks with a running top-k, so [n_b, C] never exists at once.
-- The bucket logits go through a custom autograd function that works in groups of buckets and
-  recomputes them in backward, so only one group's [g, k_x, k_y] block is alive at any time and
-  the item-embedding gradient is a single dense [C, d] buffer.
+- The bucket logits go through a custom autograd function that works in groups of buckets, so only
+  one group's [g, k_x, k_y] block is alive at any time and the item-embedding gradient is a single
+  dense [C, d] buffer. Backward recomputes logits only for the rows that won the max (each
+  bucket's winners first, padded to the bucket with most), not for all n_b * k_x bucket rows.
 """
 
 from __future__ import annotations
@@ -186,14 +187,21 @@ class _SCEFunction(torch.autograd.Function):
         coef = weight * grad_loss.float()[idx_x]  # d loss / d row loss, [n_b, k_x]
         dx = torch.zeros(n, d, device=hidden.device)
         dw = torch.zeros(item_emb.shape[0], d, device=hidden.device)
-        g = _group_size(n_b, k_x, k_y, d)
-        for b0 in range(0, n_b, g):
-            c = coef[b0:b0 + g]
-            if not bool(c.any()):  # no position won in these buckets
-                continue
-            ix, iy = idx_x[b0:b0 + g], idx_y[b0:b0 + g]
+        # Only the (bucket, slot) rows a position wins carry gradient (amax). Each bucket's winning
+        # slots are moved to the front and backward recomputes [n_b, m, k_y] logits, m = the most
+        # winners in any bucket, instead of [n_b, k_x, k_y]: with the padded-batch rule on short
+        # histories a position sits in dozens of buckets, so m is a small fraction of k_x.
+        wins = coef != 0
+        m = int(wins.sum(1).max()) if coef.numel() else 0
+        order = torch.argsort((~wins).to(torch.int8), dim=1, stable=True)[:, :m]  # winners first
+        c_w, idx_w, lse = coef.gather(1, order), idx_x.gather(1, order), row_lse.gather(1, order)
+        g = _group_size(n_b, max(m, 1), k_y, d)
+        for b0 in range(0, n_b if m else 0, g):
+            c = c_w[b0:b0 + g]
+            ix, iy = idx_w[b0:b0 + g], idx_y[b0:b0 + g]
             logits, xb, wb = _bucket_logits(hidden, item_emb, targets, ix, iy, ctx.ac)
-            prob = torch.exp(logits.sub_(row_lse[b0:b0 + g].unsqueeze(2))).mul_(c.unsqueeze(2))
+            # padded slots are real non-winning rows: exp(logit - their own lse) <= 1, times 0
+            prob = torch.exp(logits.sub_(lse[b0:b0 + g].unsqueeze(2))).mul_(c.unsqueeze(2))
             del logits
             dx.index_add_(0, ix.reshape(-1), torch.bmm(prob, wb.float()).reshape(-1, d))
             dw.index_add_(0, iy.reshape(-1), torch.bmm(prob.transpose(1, 2), xb.float()).reshape(-1, d))
