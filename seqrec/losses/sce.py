@@ -138,9 +138,23 @@ def _bucket_logits(hidden, item_emb, targets, ix, iy, ac):
     """Masked logits float32 [g, k_x, k_y] of a group of buckets, plus the gathered rows."""
     xb, wb = hidden[ix], item_emb[iy]  # [g, k_x, d], [g, k_y, d]
     logits = _bmm(xb, wb, ac)
-    # the position's own target must never be a negative (it is the appended class)
-    logits.masked_fill_(targets[ix].unsqueeze(2) == iy.unsqueeze(1), float("-inf"))
+    # The position's own target must never be a negative (it is the appended class). A bucket's
+    # items are distinct, so each row holds its target at most once: find it by binary search in
+    # the bucket's sorted items instead of comparing all k_x * k_y pairs.
+    siy, perm = iy.sort(dim=1)
+    t = targets[ix]  # [g, k_x]
+    j = torch.searchsorted(siy, t).clamp_(max=siy.shape[1] - 1)
+    hit = siy.gather(1, j) == t
+    b, r = hit.nonzero(as_tuple=True)
+    logits[b, r, perm.gather(1, j)[b, r]] = float("-inf")
     return logits, xb, wb
+
+
+def _logsumexp_(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the last dim, overwriting ``logits`` (saves the [g, k_x, k_y] temporaries)."""
+    m = logits.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all-masked row stays -inf below
+    return logits.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1))
 
 
 def _group_size(n_rows: int, k_x: int, k_y: int, d: int) -> int:
@@ -161,7 +175,7 @@ class _SCEFunction(torch.autograd.Function):
         g = _group_size(n_b, k_x, k_y, d)
         for b0 in range(0, n_b, g):
             logits, _, _ = _bucket_logits(hidden, item_emb, targets, idx_x[b0:b0 + g], idx_y[b0:b0 + g], ac)
-            row_lse[b0:b0 + g] = torch.logaddexp(logits.logsumexp(-1), pos[idx_x[b0:b0 + g]])
+            row_lse[b0:b0 + g] = torch.logaddexp(_logsumexp_(logits), pos[idx_x[b0:b0 + g]])
             del logits
         row_loss = row_lse - pos[idx_x]
         flat = idx_x.reshape(-1)
