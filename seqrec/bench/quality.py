@@ -135,18 +135,20 @@ def paired_with_ce(records: list[dict[str, Any]], resamples: int = 2000) -> None
     """Add ``x_ce``, ``x_ce_lo``, ``x_ce_hi``, ``p_vs_ce`` (test NDCG@10 against the same seed's ce run) in place."""
     from seqrec.api import SeqRec
 
-    ce = {r["seed"]: r for r in records if r["loss"] == "ce" and r["status"] == "ok"}
-    for r in records:
-        base = ce.get(r["seed"])
-        if base is None or r["status"] != "ok" or r is base:
+    for seed in dict.fromkeys(r["seed"] for r in records):
+        base = next((r for r in records if r["seed"] == seed and r["loss"] == "ce" and r["status"] == "ok"), None)
+        others = [r for r in records if r["seed"] == seed and r["status"] == "ok" and r is not base]
+        if base is None or not others:
             continue
-        try:
-            (c,) = SeqRec.load(base["run_dir"]).compare(SeqRec.load(r["run_dir"]), metrics=("ndcg@10",),
-                                                         resamples=resamples).to_dicts()
+        try:  # one load and one ranking of the ce run per seed
+            rows = SeqRec.load(base["run_dir"]).compare(*(SeqRec.load(r["run_dir"]) for r in others),
+                                                        metrics=("ndcg@10",), resamples=resamples).to_dicts()
         except Exception as e:  # a comparison must not sink the table of finished runs
-            r["note"] = (r["note"] + f"; no ce comparison ({str(e).splitlines()[0][:80]})").lstrip("; ")
+            for r in others:
+                r["note"] = (r["note"] + f"; no ce comparison ({str(e).splitlines()[0][:80]})").lstrip("; ")
             continue
-        r.update(x_ce=c["ratio"], x_ce_lo=c["ratio_lo"], x_ce_hi=c["ratio_hi"], p_vs_ce=c["p_value"])
+        for r, c in zip(others, rows, strict=True):
+            r.update(x_ce=c["ratio"], x_ce_lo=c["ratio_lo"], x_ce_hi=c["ratio_hi"], p_vs_ce=c["p_value"])
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
