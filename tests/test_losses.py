@@ -64,6 +64,13 @@ def test_ce_chunked_auto_chunk_and_validation():
         build_loss("ce_chunked", chunk_size=0)
     with pytest.raises(ConfigError):
         build_loss("ce_chunked", impl="magic")
+    with pytest.raises(ConfigError, match="memory_budget_mb"):
+        build_loss("ce_chunked", memory_budget_mb="lots")
+    # the default budget follows the device: 32 MiB on CPU, 512 MiB on CUDA (where launches dominate)
+    auto = build_loss("ce_chunked")
+    assert auto.resolve_chunk(1024, 10**6) == 32 * 2**20 // (4 * 1024)
+    assert auto.resolve_chunk(1024, 10**6, "cuda") == 512 * 2**20 // (4 * 1024)
+    assert build_loss("ce_chunked", memory_budget_mb=1).resolve_chunk(1024, 10**6, "cuda") == 256
 
 
 # ---- samplers ---------------------------------------------------------------------------------

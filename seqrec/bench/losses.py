@@ -30,6 +30,10 @@ if os.environ.get("SEQREC_BENCH_MALLOC") != "default":
 
 COLUMNS = ["loss", "catalog", "tokens", "dim", "status", "baseline_mb", "peak_mb", "net_mb", "predicted_mb",
            "step_s", "params", "note"]
+# on CUDA the loss's memory is the device's: torch.cuda.max_memory_allocated, net of what was
+# allocated before the step (RSS columns stay: they show the host side)
+CUDA_COLUMNS = ["loss", "catalog", "tokens", "dim", "status", "cuda_baseline_mb", "cuda_peak_mb", "cuda_net_mb",
+                "predicted_mb", "step_s", "baseline_mb", "peak_mb", "params", "note"]
 
 
 def available_mb(device: str) -> float:
@@ -101,8 +105,8 @@ def run_cases(losses: list[str], catalogs: list[int], tokens: int, dim: int, seq
     return records
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Log-log net peak memory (peak − baseline) versus catalog size, one line per loss."""
+def plot(records: list[dict[str, Any]], path: Path, key: str = "net_mb") -> None:
+    """Log-log net peak memory (``key``: peak − baseline) versus catalog size, one line per loss."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +116,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["loss"] for r in records):
-        pts = [(r["catalog"], max(r["net_mb"], 0.1)) for r in records
+        pts = [(r["catalog"], max(r[key], 0.1)) for r in records
                if r["loss"] == name and r["status"] == "ok"]
         if pts:
             ax.plot(*zip(*pts, strict=False), marker="o", label=name)
@@ -168,8 +172,12 @@ def command(catalog: str, tokens: int, dim: int, losses_: str, seq_len: int, dev
                         log=lambda m: click.echo(m, err=True))
     for r in records:
         r.setdefault("net_mb", None)
+        if device == "cuda":
+            ok = r.get("cuda_peak_mb") is not None
+            r["cuda_net_mb"] = round(r["cuda_peak_mb"] - r["cuda_baseline_mb"], 1) if ok else None
     cmd = (f"seqrec bench losses --catalog {catalog} --tokens {tokens} --dim {dim} --losses {losses_} "
            f"--seq-len {seq_len} --device {device} --out {out}")
-    path = write_results(out, records, COLUMNS, "Loss memory and time", cmd)
-    plot(records, path / "losses.png")
+    cols = CUDA_COLUMNS if device == "cuda" else COLUMNS
+    path = write_results(out, records, cols, "Loss memory and time", cmd)
+    plot(records, path / "losses.png", key="cuda_net_mb" if device == "cuda" else "net_mb")
     click.echo((path / "table.md").read_text())
