@@ -197,6 +197,20 @@ def test_rece_matches_bruteforce_reference(n, c, n_buckets, n_extra, rounds):
         assert int(seen.max()) > 1
 
 
+def test_rece_small_blocks_match_bruteforce(monkeypatch):
+    # working blocks of one chunk each (as on CPU at C = 1M) vs one block for everything (as the
+    # larger CUDA blocks do on small inputs): the same value and gradients as the reference
+    import seqrec.losses.sce as sce
+
+    monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
+    x, w, y = _inputs(n=30, c=41, d=5, seed=9)
+    loss = build_loss("rece", n_buckets=6, n_extra_chunks=1, rounds=3)
+    _, n_c = loss.resolve(30, 41)
+    h = rece_hash(x, w, 6, n_c, 3, torch.Generator().manual_seed(4))
+    ref = _value_and_grads(lambda: _rece_reference(x, w, y, h, 1)[0], x, w)
+    _assert_same(_value_and_grads(lambda: loss(x, y, w, _ctx(4)), x, w), ref)
+
+
 def test_rece_padding_never_selected():
     x, w, _ = _inputs(n=10, c=13, d=4)
     h = rece_hash(x, w, 4, 4, 2, torch.Generator().manual_seed(0))

@@ -27,6 +27,7 @@ from seqrec.losses.sce import (
     _bmm,
     _check_size,
     _positive_logits,
+    block_elems,
 )
 
 
@@ -82,12 +83,13 @@ def rece_hash(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, n_ch
 class _Plan:
     """Static shapes of one RECE evaluation (chunks, window, group size)."""
 
-    def __init__(self, n: int, c: int, d: int, n_chunks: int, n_extra: int, rounds: int) -> None:
+    def __init__(self, n: int, c: int, d: int, n_chunks: int, n_extra: int, rounds: int,
+                 block_elems: int = BLOCK_ELEMS) -> None:
         self.n_c, self.e, self.r = n_chunks, n_extra, rounds
         self.p, self.q = -(-n // n_chunks), -(-c // n_chunks)
         self.window = (2 * n_extra + 1) * self.q  # candidate items per position chunk
         per_chunk = self.p * self.window + self.window * d + self.p * d
-        self.g = max(1, min(n_chunks, BLOCK_ELEMS // per_chunk))
+        self.g = max(1, min(n_chunks, block_elems // per_chunk))
 
 
 class _Round:
@@ -146,9 +148,10 @@ def _block(targets, h, plan: _Plan, rt: _Round, k0: int, ac):
     # the position's own target (at most once per window, items being unique within a round) is
     # the appended class, never a negative: find its column from its rank instead of comparing
     col = h["rank_w"][rt.rnd, targets[ix]] - (torch.arange(k0, k1, device=ix.device).unsqueeze(1) - e) * q
-    hit = (col >= 0) & (col < plan.window)
-    g_idx, p_idx = hit.nonzero(as_tuple=True)
-    logits[g_idx, p_idx, col[g_idx, p_idx]] = float("-inf")
+    hit = ((col >= 0) & (col < plan.window)).unsqueeze(2)
+    # a gather/scatter instead of hit.nonzero(): no host sync per block (it stalls a GPU)
+    col = col.clamp_(0, plan.window - 1).unsqueeze(2)
+    logits.scatter_(2, col, logits.gather(2, col).masked_fill_(hit, float("-inf")))
     return logits, ix, valid_x, xb, wb
 
 
@@ -160,7 +163,10 @@ class _RECEFunction(torch.autograd.Function):
         h = dict(zip(KEYS, h_tensors, strict=True))
         ac = _autocast_state(hidden.device.type)
         pos = _positive_logits(hidden, item_emb, targets)
-        lse = pos.clone()  # running log-sum-exp over [positive, candidates of every round]
+        n = pos.shape[0]
+        # running log-sum-exp over [positive, candidates of every round], plus one scratch slot
+        # that padding slots write to (index writes without a boolean mask: no host sync)
+        lse = torch.cat([pos, pos.new_zeros(1)])
         for rnd in range(plan.r):
             rt = _Round(hidden, item_emb, h, plan, rnd)
             for k0 in range(0, plan.n_c, plan.g):
@@ -168,9 +174,11 @@ class _RECEFunction(torch.autograd.Function):
                 row = logits.logsumexp(-1)
                 del logits
                 # within one round every position sits in exactly one chunk slot: no index clash
-                idx = ix[valid]
-                lse[idx] = torch.logaddexp(lse[idx], row[valid])
+                # among real positions (padding slots all go to the scratch slot n)
+                idx = torch.where(valid, ix, n)
+                lse[idx] = torch.logaddexp(lse[idx], row)
             del rt
+        lse = lse[:n]
         ctx.save_for_backward(hidden, item_emb, targets, lse, pos, *h_tensors)
         ctx.plan, ctx.ac = plan, ac
         return lse - pos
@@ -266,7 +274,8 @@ class RECE(Loss):
         c = item_emb.shape[0]
         n_b, n_c = self.resolve(n, c)
         h = rece_hash(hidden, item_emb, n_b, n_c, self.rounds, ctx.generator)
-        plan = _Plan(n, c, d, n_c, self.n_extra_chunks, self.rounds)
+        # larger blocks on CUDA: there the cost is kernel launches per block, not cache misses
+        plan = _Plan(n, c, d, n_c, self.n_extra_chunks, self.rounds, block_elems(hidden.device))
         per_pos = _RECEFunction.apply(hidden, item_emb, targets.long(), plan, *(h[k] for k in KEYS))
         ctx.stats["rece_n_chunks"] = float(n_c)
         return per_pos.mean()
