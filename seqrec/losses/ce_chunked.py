@@ -107,8 +107,8 @@ class ChunkedCE(Loss):
     memory_budget_mb: budget for the work buffer when ``chunk_size="auto"``; "auto" = 32 MiB on CPU
         (a buffer that stays in cache: faster than full CE there) and 512 MiB on CUDA, where each
         chunk's kernel launches dominate (measured on an H100: 2x faster than 32 MiB).
-    impl: "chunked" (portable, the default and the oracle) or "auto" (on CUDA, use
-        cut-cross-entropy or Liger's fused kernel when importable; otherwise chunked).
+    impl: "chunked" (portable, the default and the oracle) or "auto" (on CUDA, cut-cross-entropy's
+        or Liger's fused kernel when one is installed and takes the inputs' dtypes; else chunked).
     """
 
     name = "ce_chunked"
@@ -145,7 +145,7 @@ class ChunkedCE(Loss):
         return _ChunkedCE.apply(hidden, item_emb, targets, chunk, cdtype)
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
-        chunk = self.resolve_chunk(n, c)  # the CPU budget: on CUDA "auto" adds AUTO_BUDGET_MB's difference
+        chunk = self.resolve_chunk(n, c)  # CPU budget (like `seqrec plan`); CUDA's "auto" buffer is larger
         # one [N, chunk] work buffer (+ its float32 copy under autocast), dW [C, d], dX [N, d] and
         # its scaled copy, a few [N] vectors, allocator/autograd bookkeeping (4 MiB, measured)
         work = n * chunk * dtype_bytes + (n * chunk * 4 if dtype_bytes < 4 else 0)

@@ -84,12 +84,12 @@ class _Plan:
     """Static shapes of one RECE evaluation (chunks, window, group size)."""
 
     def __init__(self, n: int, c: int, d: int, n_chunks: int, n_extra: int, rounds: int,
-                 block_elems: int = BLOCK_ELEMS) -> None:
+                 elems: int = BLOCK_ELEMS) -> None:
         self.n_c, self.e, self.r = n_chunks, n_extra, rounds
         self.p, self.q = -(-n // n_chunks), -(-c // n_chunks)
         self.window = (2 * n_extra + 1) * self.q  # candidate items per position chunk
         per_chunk = self.p * self.window + self.window * d + self.p * d
-        self.g = max(1, min(n_chunks, block_elems // per_chunk))
+        self.g = max(1, min(n_chunks, elems // per_chunk))  # chunks per working block
 
 
 class _Round:
