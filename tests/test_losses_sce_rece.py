@@ -96,6 +96,41 @@ def test_sce_matches_bruteforce_reference(mix_x):
     assert ctx.stats["sce_coverage"] == pytest.approx(idx_x.unique().numel() / x.shape[0])
 
 
+def test_sce_cover_gives_every_position_a_loss(monkeypatch):
+    # cover: positions no bucket picked get extra buckets of their own (a short last one padded
+    # with the scratch index N); value and gradients equal the brute-force reference on the
+    # extended membership, and the scratch row adds nothing
+    import seqrec.losses.sce as sce
+
+    monkeypatch.setattr(sce, "BLOCK_ELEMS", 256)
+    x, w, y = _inputs(n=30, c=25, d=8, seed=7)
+    n_b, k_x, k_y = 4, 5, 6
+    plain_x, _ = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(5))
+    assert plain_x.unique().numel() < x.shape[0]
+    idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(5), cover=True)
+    assert idx_x.shape[0] > n_b and idx_x.shape[1] == k_x and idx_y.shape == (idx_x.shape[0], k_y)
+    assert torch.equal(idx_x[:n_b], plain_x)  # the paper's buckets come first, unchanged
+    assert set(idx_x.unique().tolist()) <= set(range(31)) and set(range(30)) <= set(idx_x.unique().tolist())
+
+    def reference():
+        x1 = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        y1 = torch.cat([y, y.new_zeros(1)])
+        xb = x1[idx_x]
+        own = y1[idx_x].unsqueeze(2) == idx_y.unsqueeze(1)
+        logits = (xb @ w[idx_y].transpose(1, 2)).masked_fill(own, float("-inf"))
+        pos = (x1 * w[y1]).sum(-1)
+        row = torch.logsumexp(torch.cat([logits, pos[idx_x].unsqueeze(2)], 2), 2) - pos[idx_x]
+        per = torch.zeros(31).scatter_reduce(0, idx_x.reshape(-1), row.reshape(-1), "amax", include_self=False)
+        return per[:30].mean()
+
+    ref = _value_and_grads(reference, x, w)
+    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, cover=True)
+    ctx = _ctx(5)
+    got = _value_and_grads(lambda: loss(x, y, w, ctx), x, w)
+    _assert_same(got, ref)
+    assert ctx.stats["sce_coverage"] == 1.0
+
+
 def test_sce_many_buckets_per_position_in_small_blocks(monkeypatch):
     # dozens of buckets per position (the padded-batch rule on short histories) and working blocks
     # far smaller than one bucket: forward groups and backward's winner rows are cut into pieces
@@ -243,6 +278,7 @@ def test_rece_auto_rule():
 
 # ------------------------------------------------------------------ both
 LOSSES = [("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8}),
+          ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8, "cover": True}),
           ("rece", {"n_buckets": 3, "n_extra_chunks": 1, "rounds": 2})]
 
 
@@ -288,7 +324,8 @@ def test_predict_bytes_is_sublinear(name):
 
 
 @pytest.mark.parametrize("name,bad", [("sce", {"n_buckets": 0}), ("sce", {"bucket_size_y": "many"}),
-                                      ("sce", {"mix_x": "sometimes"}), ("rece", {"rounds": 0}),
+                                      ("sce", {"mix_x": "sometimes"}), ("sce", {"cover": "maybe"}),
+                                      ("rece", {"rounds": 0}),
                                       ("rece", {"n_extra_chunks": -1}), ("rece", {"n_buckets": 2.5})])
 def test_bad_parameters_raise_config_error(name, bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):

@@ -29,6 +29,8 @@ from seqrec.losses.base import Loss, LossContext, register_loss
 BLOCK_ELEMS = 1 << 22
 # on CUDA a block's cost is its kernel launches, not cache misses: 8x larger blocks there
 CUDA_BLOCK_FACTOR = 8
+# SCE ``cover``: passes of extra buckets over the positions no bucket picked
+COVER_PASSES = 4
 
 
 def block_elems(device: torch.device) -> int:
@@ -117,27 +119,52 @@ def _check_bool(name: str, value: Any) -> bool:
 
 # ---------------------------------------------------------------- selection
 @torch.no_grad()
+def _centres(x: torch.Tensor, n_buckets: int, mix_x: bool, generator: torch.Generator | None) -> torch.Tensor:
+    n, d = x.shape
+    if mix_x:
+        return torch.randn(n, n_buckets, generator=generator, device=x.device).T @ x
+    return torch.randn(n_buckets, d, generator=generator, device=x.device)
+
+
+@torch.no_grad()
 def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, bucket_size_x: int,
-               bucket_size_y: int, mix_x: bool,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               bucket_size_y: int, mix_x: bool, generator: torch.Generator | None = None,
+               cover: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Bucket membership: (idx_x [n_b, k_x] positions, idx_y [n_b, k_y] items), both int64.
 
     Omega is Gaussian [n_b, d], or with ``mix_x`` random Gaussian mixtures of the batch's hidden
     states (G^T X, G ~ N(0, 1) [N, n_b]), which follows the hidden states' distribution and so
     avoids "bucket collapse" (all buckets picking the same few items). Selection runs in float32
     with autocast off: it is cheap next to the scoring and exact ranking matters more.
+
+    ``cover``: the positions no bucket picked get buckets of their own, drawn the same way from
+    them alone (n_b scaled by their share of N), until every position is in one (at most
+    ``COVER_PASSES`` passes); a last short bucket is padded with the scratch index N.
     """
-    n, d = hidden.shape
-    dev = hidden.device
-    with torch.autocast(dev.type, enabled=False):
-        x = hidden.detach().float()
-        if mix_x:
-            omega = torch.randn(n, n_buckets, generator=generator, device=dev).T @ x
-        else:
-            omega = torch.randn(n_buckets, d, generator=generator, device=dev)
+    n = hidden.shape[0]
+    with torch.autocast(hidden.device.type, enabled=False):
+        x, w = hidden.detach().float(), item_emb.detach()
+        omega = _centres(x, n_buckets, mix_x, generator)
         idx_x = topk_rows_chunked(omega, x, bucket_size_x)
-        idx_y = topk_rows_chunked(omega, item_emb.detach(), bucket_size_y)
-    return idx_x, idx_y
+        idx_y = topk_rows_chunked(omega, w, bucket_size_y)
+        if not cover:
+            return idx_x, idx_y
+        xs, ys = [idx_x], [idx_y]
+        inside = torch.zeros(n + 1, dtype=torch.bool, device=x.device)  # + the scratch slot
+        for _ in range(COVER_PASSES):
+            inside[xs[-1].reshape(-1)] = True
+            left = (~inside[:n]).nonzero().squeeze(1)
+            u = left.numel()
+            if u == 0:
+                break
+            nb = max(1, round(n_buckets * u / n))
+            omega = _centres(x[left], nb, mix_x, generator)
+            ix = left[topk_rows_chunked(omega, x[left], min(bucket_size_x, u))]
+            if ix.shape[1] < bucket_size_x:
+                ix = torch.cat([ix, ix.new_full((nb, bucket_size_x - ix.shape[1]), n)], 1)
+            xs.append(ix)
+            ys.append(topk_rows_chunked(omega, w, bucket_size_y))
+    return torch.cat(xs), torch.cat(ys)
 
 
 # ---------------------------------------------------------------- scoring (custom autograd)
@@ -251,16 +278,21 @@ class SCE(Loss):
         Items per bucket k_y (clipped to C). "auto": 256, the authors' most frequent best value.
     mix_x : bool
         Bucket centres are random mixtures of the batch's hidden states instead of pure Gaussian.
+    cover : bool
+        Ours, beyond the paper; False is the authors' method. Positions that no bucket picked (the
+        paper drops them from the step) get extra buckets drawn from them alone, so (nearly) every
+        position gets a loss. Cost: the extra buckets, in proportion to the share left out.
     """
 
     name = "sce"
 
     def __init__(self, n_buckets: int | str = "auto", bucket_size_x: int | str = "auto",
-                 bucket_size_y: int | str = 256, mix_x: bool = True) -> None:
+                 bucket_size_y: int | str = 256, mix_x: bool = True, cover: bool = False) -> None:
         self.n_buckets = _check_size("n_buckets", n_buckets)
         self.bucket_size_x = _check_size("bucket_size_x", bucket_size_x)
         self.bucket_size_y = _check_size("bucket_size_y", bucket_size_y)
         self.mix_x = _check_bool("mix_x", mix_x)
+        self.cover = _check_bool("cover", cover)
 
     def resolve(self, n: int, c: int, capacity: int | None = None) -> tuple[int, int, int]:
         """(n_b, k_x, k_y) for a batch of n positions (of ``capacity`` padded slots) and c items.
@@ -283,8 +315,12 @@ class SCE(Loss):
             return hidden.sum() * 0.0
         targets = targets.long()
         n_b, k_x, k_y = self.resolve(n, item_emb.shape[0], ctx.capacity)
-        idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator)
+        idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator, self.cover)
+        if self.cover:  # the scratch row N that pads the last extra bucket
+            hidden = torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])
+            targets = torch.cat([targets, targets.new_zeros(1)])
         per_pos, covered = _SCEFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
+        per_pos, covered = per_pos[:n], covered[:n]
         ctx.stats["sce_coverage"] = float(covered.float().mean())
         # positions in no bucket leave this step's mean
         return per_pos.sum() / covered.sum().clamp(min=1)
