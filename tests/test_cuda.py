@@ -88,6 +88,7 @@ def test_ce_chunked_auto_with_half_hidden_on_cuda():
 @pytest.mark.parametrize("name,params", [
     ("ce_chunked", {"chunk_size": 300}),
     ("sce", {"n_buckets": 8, "bucket_size_x": 64, "bucket_size_y": 128}),
+    ("sce", {"n_buckets": 2, "bucket_size_x": 64, "bucket_size_y": 128, "cover": True}),
     ("rece", {"n_extra_chunks": 1, "rounds": 2}),
     ("bce", {}), ("gbce", {"n_negatives": 32, "t": 0.75}),
     ("sampled_softmax", {"n_negatives": 100}),
@@ -140,6 +141,8 @@ def test_rece_single_chunk_equals_full_ce_on_cuda():
 
 
 @pytest.mark.parametrize("name,params", [("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8}),
+                                         ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8,
+                                                  "cover": True}),
                                          ("rece", {"n_buckets": 3, "n_extra_chunks": 1, "rounds": 2}),
                                          ("sampled_softmax", {"n_negatives": 7})])
 def test_cuda_losses_deterministic_under_seed(name, params):
