@@ -12,6 +12,9 @@ Beyond the reference implementation (same value and gradients):
   one group's [g, k_x, k_y] block is alive at any time and the item-embedding gradient is a single
   dense [C, d] buffer. Backward recomputes logits only for the rows that won the max (each
   bucket's winners first, padded to the bucket with most), not for all n_b * k_x bucket rows.
+
+Option ``cover`` (ours, off by default): the positions that no bucket picked, which the paper drops
+from the step, get buckets drawn from them alone, so every position gets a loss.
 """
 
 from __future__ import annotations
