@@ -67,8 +67,9 @@ def test_sce_covering_buckets_equal_full_ce(mix_x, n_buckets):
     assert ctx.stats["sce_coverage"] == 1.0
 
 
-def _sce_reference(x, w, y, idx_x, idx_y):
-    """The paper's formulation with plain autograd: [n_b, k_x, k_y] logits, amax over buckets."""
+def _sce_reference(x, w, y, idx_x, idx_y, n_real=None):
+    """The paper's formulation with plain autograd: [n_b, k_x, k_y] logits, amax over buckets.
+    ``n_real``: only the first n_real positions count (the rest are padding rows)."""
     xb, wb = x[idx_x], w[idx_y]
     logits = xb @ wb.transpose(1, 2)
     logits = logits.masked_fill(y[idx_x].unsqueeze(2) == idx_y.unsqueeze(1), float("-inf"))
@@ -79,7 +80,7 @@ def _sce_reference(x, w, y, idx_x, idx_y):
                                                   include_self=False)
     covered = torch.zeros(x.shape[0], dtype=torch.bool)
     covered[idx_x.reshape(-1)] = True
-    return per[covered].mean()
+    return per[:n_real][covered[:n_real]].mean()
 
 
 @pytest.mark.parametrize("mix_x", [True, False])
@@ -112,16 +113,9 @@ def test_sce_cover_gives_every_position_a_loss(monkeypatch):
     assert torch.equal(idx_x[:n_b], plain_x)  # the paper's buckets come first, unchanged
     assert set(idx_x.unique().tolist()) <= set(range(31)) and set(range(30)) <= set(idx_x.unique().tolist())
 
-    def reference():
-        x1 = torch.cat([x, x.new_zeros(1, x.shape[1])])
-        y1 = torch.cat([y, y.new_zeros(1)])
-        xb = x1[idx_x]
-        own = y1[idx_x].unsqueeze(2) == idx_y.unsqueeze(1)
-        logits = (xb @ w[idx_y].transpose(1, 2)).masked_fill(own, float("-inf"))
-        pos = (x1 * w[y1]).sum(-1)
-        row = torch.logsumexp(torch.cat([logits, pos[idx_x].unsqueeze(2)], 2), 2) - pos[idx_x]
-        per = torch.zeros(31).scatter_reduce(0, idx_x.reshape(-1), row.reshape(-1), "amax", include_self=False)
-        return per[:30].mean()
+    def reference():  # the scratch row N appended as the loss does; its loss does not count
+        x1, y1 = torch.cat([x, x.new_zeros(1, x.shape[1])]), torch.cat([y, y.new_zeros(1)])
+        return _sce_reference(x1, w, y1, idx_x, idx_y, n_real=x.shape[0])
 
     ref = _value_and_grads(reference, x, w)
     loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, cover=True)
