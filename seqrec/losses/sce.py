@@ -121,7 +121,6 @@ def _check_bool(name: str, value: Any) -> bool:
 
 
 # ---------------------------------------------------------------- selection
-@torch.no_grad()
 def _centres(x: torch.Tensor, n_buckets: int, mix_x: bool, generator: torch.Generator | None) -> torch.Tensor:
     n, d = x.shape
     if mix_x:
