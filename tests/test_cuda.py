@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_losses import _histories
-from test_losses_sce_rece import _rece_reference, _sce_reference
+from test_losses_sce_rece import _rece_reference, _sce_reference, _sce_union_reference
 
 from seqrec import SeqRec
 from seqrec.losses import LossContext, build_loss
@@ -89,6 +89,8 @@ def test_ce_chunked_auto_with_half_hidden_on_cuda():
     ("ce_chunked", {"chunk_size": 300}),
     ("sce", {"n_buckets": 8, "bucket_size_x": 64, "bucket_size_y": 128}),
     ("sce", {"n_buckets": 2, "bucket_size_x": 64, "bucket_size_y": 128, "cover": True}),
+    ("sce", {"n_buckets": 2, "bucket_size_x": 64, "bucket_size_y": 128, "cover": True, "union": True}),
+    ("sce", {"n_buckets": 64, "bucket_size_x": 128, "bucket_size_y": 256, "union": True}),  # dense path
     ("rece", {"n_extra_chunks": 1, "rounds": 2}),
     ("bce", {}), ("gbce", {"n_negatives": 32, "t": 0.75}),
     ("sampled_softmax", {"n_negatives": 100}),
@@ -118,6 +120,18 @@ def test_sce_on_cuda_matches_bruteforce(mix_x, n, c, n_b, k_x, k_y):
     assert ctx.stats["sce_coverage"] == pytest.approx(idx_x.unique().numel() / n)
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_sce_union_on_cuda_matches_bruteforce(monkeypatch, dense):
+    import seqrec.losses.sce as sce
+
+    monkeypatch.setattr(sce, "DENSE_UNION_ELEMS", 1 << 30 if dense else 0)
+    (xc, wc, yc), (xg, wg, yg) = _pair(400, 3000, 16, seed=3)
+    idx_x, idx_y = sce_select(xg, wg, 40, 60, 200, True, _gen(5))
+    ref = _vg(lambda: _sce_union_reference(xc, wc, yc, idx_x.cpu(), idx_y.cpu()), xc, wc)
+    loss = build_loss("sce", n_buckets=40, bucket_size_x=60, bucket_size_y=200, union=True)
+    _close(_vg(lambda: loss(xg, yg, wg, _ctx(5)), xg, wg), ref)
+
+
 def test_sce_covering_buckets_equal_full_ce_on_cuda():
     (xc, wc, yc), (xg, wg, yg) = _pair(12, 17, 6, seed=0)
     loss = build_loss("sce", n_buckets=3, bucket_size_x=12, bucket_size_y=17)
@@ -143,6 +157,8 @@ def test_rece_single_chunk_equals_full_ce_on_cuda():
 @pytest.mark.parametrize("name,params", [("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8}),
                                          ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8,
                                                   "cover": True}),
+                                         ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8,
+                                                  "union": True}),
                                          ("rece", {"n_buckets": 3, "n_extra_chunks": 1, "rounds": 2}),
                                          ("sampled_softmax", {"n_negatives": 7})])
 def test_cuda_losses_deterministic_under_seed(name, params):

@@ -125,6 +125,51 @@ def test_sce_cover_gives_every_position_a_loss(monkeypatch):
     assert ctx.stats["sce_coverage"] == 1.0
 
 
+def _sce_union_reference(x, w, y, idx_x, idx_y):
+    """The ``union`` rule by brute force: each position's softmax over the distinct items of all
+    its buckets (its target excluded) plus the positive; positions in no bucket leave the mean."""
+    n, c = x.shape[0], w.shape[0]
+    member = torch.zeros(n, c, dtype=torch.bool)
+    for b in range(idx_x.shape[0]):
+        member[idx_x[b].unsqueeze(1), idx_y[b].unsqueeze(0)] = True
+    member[torch.arange(n), y] = False
+    pos = (x * w[y]).sum(-1)
+    logits = torch.cat([(x @ w.T).masked_fill(~member, float("-inf")), pos.unsqueeze(1)], 1)
+    covered = torch.zeros(n, dtype=torch.bool)
+    covered[idx_x.reshape(-1)] = True
+    return (torch.logsumexp(logits, 1) - pos)[covered].mean()
+
+
+@pytest.mark.parametrize("dense", [True, False])  # masked full softmax, or bucket by bucket
+@pytest.mark.parametrize("n,c,n_b,k_x,k_y,seed", [(20, 30, 4, 6, 7, 3), (20, 30, 40, 15, 9, 4)])
+def test_sce_union_matches_bruteforce(monkeypatch, dense, n, c, n_b, k_x, k_y, seed):
+    # an item in several of a position's buckets counts once; small blocks cut the groups up
+    import seqrec.losses.sce as sce
+
+    monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
+    monkeypatch.setattr(sce, "DENSE_UNION_ELEMS", 1 << 30 if dense else 0)
+    x, w, y = _inputs(n=n, c=c, d=8, seed=seed)
+    idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(5))
+    ref = _value_and_grads(lambda: _sce_union_reference(x, w, y, idx_x, idx_y), x, w)
+    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, union=True)
+    ctx = _ctx(5)
+    _assert_same(_value_and_grads(lambda: loss(x, y, w, ctx), x, w), ref)
+    assert ctx.stats["sce_coverage"] == pytest.approx(idx_x.unique().numel() / n)
+    # the union is never a smaller softmax than the max rule's single bucket
+    plain = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y)
+    assert float(ref[0]) >= float(plain(x, y, w, _ctx(5)).detach()) - 1e-6
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_sce_union_covering_buckets_equal_full_ce(monkeypatch, dense):
+    import seqrec.losses.sce as sce
+
+    monkeypatch.setattr(sce, "DENSE_UNION_ELEMS", 1 << 30 if dense else 0)
+    x, w, y = _inputs()
+    loss = build_loss("sce", n_buckets=3, bucket_size_x=x.shape[0], bucket_size_y=w.shape[0], union=True)
+    _assert_same(_value_and_grads(lambda: loss(x, y, w, _ctx()), x, w), _full_ce(x, w, y))
+
+
 def test_sce_many_buckets_per_position_in_small_blocks(monkeypatch):
     # dozens of buckets per position (the padded-batch rule on short histories) and working blocks
     # far smaller than one bucket: forward groups and backward's winner rows are cut into pieces
@@ -273,6 +318,8 @@ def test_rece_auto_rule():
 # ------------------------------------------------------------------ both
 LOSSES = [("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8}),
           ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8, "cover": True}),
+          ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8, "union": True, "cover": True}),
+          ("sce", {"n_buckets": 20, "bucket_size_x": 10, "bucket_size_y": 20, "union": True}),  # dense
           ("rece", {"n_buckets": 3, "n_extra_chunks": 1, "rounds": 2})]
 
 
@@ -319,6 +366,7 @@ def test_predict_bytes_is_sublinear(name):
 
 @pytest.mark.parametrize("name,bad", [("sce", {"n_buckets": 0}), ("sce", {"bucket_size_y": "many"}),
                                       ("sce", {"mix_x": "sometimes"}), ("sce", {"cover": "maybe"}),
+                                      ("sce", {"union": 2}),
                                       ("rece", {"rounds": 0}),
                                       ("rece", {"n_extra_chunks": -1}), ("rece", {"n_buckets": 2.5})])
 def test_bad_parameters_raise_config_error(name, bad):

@@ -34,6 +34,9 @@ BLOCK_ELEMS = 1 << 22
 CUDA_BLOCK_FACTOR = 8
 # SCE ``cover``: passes of extra buckets over the positions no bucket picked
 COVER_PASSES = 4
+# SCE ``union``: largest [N, C] computed as one masked softmax instead of bucket by bucket
+# (float32 logits, their softmax and gradient: ~12 bytes an element, 200 MB at this size)
+DENSE_UNION_ELEMS = 1 << 24
 
 
 def block_elems(device: torch.device) -> int:
@@ -264,6 +267,143 @@ class _SCEFunction(torch.autograd.Function):
         return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None, None
 
 
+class _CopyCounts:
+    """How many of position idx_x[b, a]'s buckets hold item idx_y[b, j], per bucket group.
+
+    Count = <bucket set of the position, bucket set of the item>: a 0/1 matmul of the position x
+    bucket incidence [N, n_b] with the item x bucket incidence [U, n_b] (U = distinct bucket
+    items), [g, k_x, n_b] @ [g, n_b, k_y] per group. Exact in bfloat16 while no position sits in
+    more than 256 buckets (integers to 256 are exact and the products are 0/1); float32 beyond.
+    """
+
+    def __init__(self, idx_x: torch.Tensor, idx_y: torch.Tensor, n: int) -> None:
+        n_b = idx_x.shape[0]
+        cols = torch.arange(n_b, device=idx_x.device).unsqueeze(1)
+        per_pos = torch.zeros(n, dtype=torch.int32, device=idx_x.device).index_add_(
+            0, idx_x.reshape(-1), torch.ones(idx_x.numel(), dtype=torch.int32, device=idx_x.device))
+        self.dtype = torch.bfloat16 if int(per_pos.max()) <= 256 else torch.float32
+        self.pos = torch.zeros(n, n_b, dtype=self.dtype, device=idx_x.device)
+        self.pos[idx_x, cols] = 1
+        uniq, self.inv = idx_y.unique(return_inverse=True)  # [n_b, k_y] into U rows
+        self.item = torch.zeros(uniq.numel(), n_b, dtype=self.dtype, device=idx_x.device)
+        self.item[self.inv, cols] = 1
+        self.idx_x = idx_x
+
+    def log(self, b0: int, b1: int) -> torch.Tensor:
+        """log copy count, float32 [g, k_x, k_y] for buckets b0:b1 (every count is >= 1)."""
+        a, b = self.pos[self.idx_x[b0:b1]], self.item[self.inv[b0:b1]]
+        return torch.bmm(a, b.transpose(1, 2)).float().log_()
+
+
+class _SCEUnionFunction(torch.autograd.Function):
+    """Per-position loss [N] (0 where uncovered) and coverage [N] with the ``union`` rule: a
+    position's softmax runs over the union of its buckets' items, each item once (every copy's
+    logit lowered by log of its copy count, as RECE does), plus the positive."""
+
+    @staticmethod
+    def forward(ctx, hidden, item_emb, targets, idx_x, idx_y):
+        n, d = hidden.shape
+        n_b, k_x = idx_x.shape
+        k_y = idx_y.shape[1]
+        ac = _autocast_state(hidden.device.type)
+        pos = _positive_logits(hidden, item_emb, targets)
+        counts = _CopyCounts(idx_x, idx_y, n)
+        row_lse = torch.empty(n_b, k_x, device=hidden.device)  # negatives only
+        g = _group_size(n_b, k_x, k_y, d + n_b)  # + the count matmul inputs
+        for b0 in range(0, n_b, g):
+            logits, _, _ = _bucket_logits(hidden, item_emb, targets, idx_x[b0:b0 + g], idx_y[b0:b0 + g], ac)
+            logits.sub_(counts.log(b0, b0 + g))
+            row_lse[b0:b0 + g] = _logsumexp_(logits)
+            del logits
+        flat, rows = idx_x.reshape(-1), row_lse.reshape(-1)
+        top = torch.full((n,), float("-inf"), device=hidden.device)
+        top.scatter_reduce_(0, flat, rows, "amax", include_self=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        mass = torch.zeros(n, device=hidden.device).index_add_(0, flat, torch.exp(rows - top[flat]))
+        total = torch.logaddexp(mass.log() + top, pos)  # the position's log-partition
+        covered = torch.zeros(n, dtype=torch.bool, device=hidden.device)
+        covered[flat] = True
+        per_pos = torch.where(covered, total - pos, torch.zeros_like(pos))
+        ctx.save_for_backward(hidden, item_emb, targets, idx_x, idx_y, total, pos, covered)
+        ctx.ac, ctx.counts = ac, counts
+        ctx.mark_non_differentiable(covered)
+        return per_pos, covered
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_covered):
+        hidden, item_emb, targets, idx_x, idx_y, total, pos, covered = ctx.saved_tensors
+        counts = ctx.counts
+        n, d = hidden.shape
+        n_b, k_x = idx_x.shape
+        k_y = idx_y.shape[1]
+        coef = torch.where(covered, grad_loss.float(), torch.zeros_like(total))
+        dx = torch.zeros(n, d, device=hidden.device)
+        dw = torch.zeros(item_emb.shape[0], d, device=hidden.device)
+        g = _group_size(n_b, k_x, k_y, d + n_b)  # + the count matmul inputs
+        for b0 in range(0, n_b, g):  # every copy gets softmax / count: each item's total is its softmax
+            ix, iy = idx_x[b0:b0 + g], idx_y[b0:b0 + g]
+            logits, xb, wb = _bucket_logits(hidden, item_emb, targets, ix, iy, ctx.ac)
+            logits.sub_(counts.log(b0, b0 + g)).sub_(total[ix].unsqueeze(2))
+            prob = logits.exp_().mul_(coef[ix].unsqueeze(2))
+            dx.index_add_(0, ix.reshape(-1), torch.bmm(prob, wb.float()).reshape(-1, d))
+            dw.index_add_(0, iy.reshape(-1), torch.bmm(prob.transpose(1, 2), xb.float()).reshape(-1, d))
+            del logits, prob
+        dpos = coef * (torch.exp(pos - total) - 1.0)
+        dx.add_(dpos.unsqueeze(1) * item_emb[targets].float())
+        dw.index_add_(0, targets, dpos.unsqueeze(1) * hidden.float())
+        return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None, None
+
+
+class _UnionDenseFunction(torch.autograd.Function):
+    """The ``union`` rule as one masked softmax over the catalog: per-position loss [N].
+
+    Used when the [N, C] logits are no more than the buckets' [n_b, k_x, k_y] (short-history
+    batches under the padded-batch rule, where a position sits in dozens of buckets): same value
+    and gradients as _SCEUnionFunction at a fraction of its work. ``outside`` [N, C] bool marks
+    the items outside a position's buckets and its own target; backward recomputes the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, item_emb, targets, outside):
+        ac = _autocast_state(hidden.device.type)
+        logits = _bmm(hidden.unsqueeze(0), item_emb.unsqueeze(0), ac)[0].masked_fill_(outside, float("-inf"))
+        pos = _positive_logits(hidden, item_emb, targets)
+        total = torch.logaddexp(_logsumexp_(logits), pos)  # the position's log-partition
+        del logits
+        ctx.save_for_backward(hidden, item_emb, targets, outside, total, pos)
+        ctx.ac = ac
+        return total - pos
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, item_emb, targets, outside, total, pos = ctx.saved_tensors
+        coef = grad_loss.float()
+        prob = _bmm(hidden.unsqueeze(0), item_emb.unsqueeze(0), ctx.ac)[0].masked_fill_(outside, float("-inf"))
+        prob.sub_(total.unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))  # softmax x upstream gradient
+        x, w = hidden.float(), item_emb.float()
+        dx, dw = prob @ w, prob.T @ x
+        del prob
+        dpos = coef * (torch.exp(pos - total) - 1.0)
+        dx.add_(dpos.unsqueeze(1) * w[targets])
+        dw.index_add_(0, targets, dpos.unsqueeze(1) * x)
+        return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None
+
+
+def _union_dense(hidden, item_emb, targets, idx_x, idx_y):
+    """(per_pos [N], 0 where uncovered; covered [N]) of the ``union`` rule via _UnionDenseFunction."""
+    n, c = hidden.shape[0], item_emb.shape[0]
+    with torch.no_grad():
+        cols = torch.arange(idx_x.shape[0], device=hidden.device).unsqueeze(1)
+        a = torch.zeros(n, idx_x.shape[0], dtype=torch.bfloat16, device=hidden.device)
+        b = torch.zeros(c, idx_x.shape[0], dtype=torch.bfloat16, device=hidden.device)
+        a[idx_x, cols], b[idx_y, cols] = 1, 1
+        outside = (a @ b.T) == 0  # [N, C]: sums of 0/1 products, zero only when no bucket is shared
+        outside[torch.arange(n, device=hidden.device), targets] = True
+        covered = a.amax(1) > 0
+    per_pos = _UnionDenseFunction.apply(hidden, item_emb, targets, outside)
+    return torch.where(covered, per_pos, torch.zeros_like(per_pos)), covered
+
+
 # ---------------------------------------------------------------- the loss
 @register_loss
 class SCE(Loss):
@@ -284,17 +424,24 @@ class SCE(Loss):
         Ours, beyond the paper; False is the authors' method. Positions that no bucket picked (the
         paper drops them from the step) get extra buckets drawn from them alone, so (nearly) every
         position gets a loss. Cost: the extra buckets, in proportion to the share left out.
+    union : bool
+        Ours, beyond the paper; False is the authors' max rule. A position's softmax runs over the
+        union of its buckets' items (each item once, via RECE's log-count correction) instead of
+        the single bucket with the largest loss. Cost: backward scores every bucket row, not only
+        the winners, and the copy counts are a [k_x, n_b] @ [n_b, k_y] matmul per bucket.
     """
 
     name = "sce"
 
     def __init__(self, n_buckets: int | str = "auto", bucket_size_x: int | str = "auto",
-                 bucket_size_y: int | str = 256, mix_x: bool = True, cover: bool = False) -> None:
+                 bucket_size_y: int | str = 256, mix_x: bool = True, cover: bool = False,
+                 union: bool = False) -> None:
         self.n_buckets = _check_size("n_buckets", n_buckets)
         self.bucket_size_x = _check_size("bucket_size_x", bucket_size_x)
         self.bucket_size_y = _check_size("bucket_size_y", bucket_size_y)
         self.mix_x = _check_bool("mix_x", mix_x)
         self.cover = _check_bool("cover", cover)
+        self.union = _check_bool("union", union)
 
     def resolve(self, n: int, c: int, capacity: int | None = None) -> tuple[int, int, int]:
         """(n_b, k_x, k_y) for a batch of n positions (of ``capacity`` padded slots) and c items.
@@ -321,7 +468,12 @@ class SCE(Loss):
         if self.cover:  # the scratch row N that pads the last extra bucket
             hidden = torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])
             targets = torch.cat([targets, targets.new_zeros(1)])
-        per_pos, covered = _SCEFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
+        if not self.union:
+            per_pos, covered = _SCEFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
+        elif hidden.shape[0] * item_emb.shape[0] <= min(idx_x.numel() * k_y, DENSE_UNION_ELEMS):
+            per_pos, covered = _union_dense(hidden, item_emb, targets, idx_x, idx_y)
+        else:
+            per_pos, covered = _SCEUnionFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
         per_pos, covered = per_pos[:n], covered[:n]
         ctx.stats["sce_coverage"] = float(covered.float().mean())
         # positions in no bucket leave this step's mean
@@ -334,6 +486,8 @@ class SCE(Loss):
         chunk = max(k_y, BLOCK_ELEMS // n_b)
         select = n_b * chunk * 4 + n_b * k_y * 12 * (1 + 9 + 2) + n_b * d * 4 + n * n_b * 4
         saved = n_b * k_x * (4 + 4 + 4 + 8) + n_b * k_y * 8 + n * 16
+        if self.union:  # the two bucket-incidence matrices behind the copy counts (bfloat16)
+            saved += 2 * n_b * (n + min(c, n_b * k_y))
         g = _group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
         block = g * (k_x * k_y * (4 + 1 + 4) + (k_x + k_y) * d * 4 * 3)
