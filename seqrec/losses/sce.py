@@ -65,6 +65,12 @@ def _bmm(a: torch.Tensor, b: torch.Tensor, ac: tuple[bool, torch.dtype | None]) 
     return torch.bmm(a.to(dt), b.to(dt).transpose(1, 2)).float()
 
 
+def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table[idx] for a 2-D table: [*idx.shape, table.shape[1]]. index_select gathers rows ~3x
+    faster than advanced indexing on CPU (2026-11-27, torch 2.13); no autograd graph needed."""
+    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
+
+
 def _positive_logits(hidden: torch.Tensor, item_emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """<X[n], W[y[n]]> in float32 [N] (no autograd graph: callers handle its gradient)."""
     return (hidden.float() * item_emb[targets].float()).sum(-1)
@@ -175,7 +181,7 @@ def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, buc
 # ---------------------------------------------------------------- scoring (custom autograd)
 def _bucket_logits(hidden, item_emb, targets, ix, iy, ac):
     """Masked logits float32 [g, k_x, k_y] of a group of buckets, plus the gathered rows."""
-    xb, wb = hidden[ix], item_emb[iy]  # [g, k_x, d], [g, k_y, d]
+    xb, wb = _rows(hidden, ix), _rows(item_emb, iy)  # [g, k_x, d], [g, k_y, d]
     logits = _bmm(xb, wb, ac)
     # The position's own target must never be a negative (it is the appended class). A bucket's
     # items are distinct, so each row holds its target at most once: find it by binary search in
@@ -291,7 +297,7 @@ class _CopyCounts:
 
     def log(self, b0: int, b1: int) -> torch.Tensor:
         """log copy count, float32 [g, k_x, k_y] for buckets b0:b1 (every count is >= 1)."""
-        a, b = self.pos[self.idx_x[b0:b1]], self.item[self.inv[b0:b1]]
+        a, b = _rows(self.pos, self.idx_x[b0:b1]), _rows(self.item, self.inv[b0:b1])
         return torch.bmm(a, b.transpose(1, 2)).float().log_()
 
 
