@@ -15,6 +15,8 @@ Beyond the reference implementation (same value and gradients):
 
 Option ``cover`` (ours, off by default): the positions that no bucket picked, which the paper drops
 from the step, get buckets drawn from them alone, so every position gets a loss.
+Option ``union`` (ours, off by default): a position's softmax runs over the union of its buckets'
+items, each item once (log copy-count correction), instead of the max over its buckets.
 """
 
 from __future__ import annotations
