@@ -356,9 +356,9 @@ def test_hidden_in_bf16(name, params):
     assert torch.isfinite(val) and xb.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", ["sce", "rece"])
-def test_predict_bytes_is_sublinear(name):
-    loss = build_loss(name)
+@pytest.mark.parametrize("name,params", [("sce", {}), ("sce", {"union": True}), ("rece", {})])
+def test_predict_bytes_is_sublinear(name, params):
+    loss = build_loss(name, **params)
     small, large = loss.predict_bytes(12800, 100_000, 64), loss.predict_bytes(12800, 1_000_000, 64)
     ce = build_loss("ce").predict_bytes(12800, 100_000, 64)
     assert 0 < small < ce / 40 and small < large < 2 * 1024**3

@@ -499,4 +499,8 @@ class SCE(Loss):
         g = _group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
         block = g * (k_x * k_y * (4 + 1 + 4) + (k_x + k_y) * d * 4 * 3)
+        if self.union and n * c <= min(n_b * k_x * k_y, DENSE_UNION_ELEMS):
+            # one masked softmax: float32 logits (recomputed in backward), the bool mask, and the
+            # bfloat16 incidence product behind it
+            block = n * c * (4 + 1 + 2)
         return int(grads + saved + max(select, block))
