@@ -124,7 +124,7 @@ def test_sce_on_cuda_matches_bruteforce(mix_x, n, c, n_b, k_x, k_y):
 def test_sce_union_on_cuda_matches_bruteforce(monkeypatch, dense):
     import seqrec.losses.sce as sce
 
-    monkeypatch.setattr(sce, "DENSE_UNION_ELEMS", 1 << 30 if dense else 0)
+    monkeypatch.setattr(sce, "UNION_DENSE_RATIO", 1e9 if dense else 0)
     (xc, wc, yc), (xg, wg, yg) = _pair(400, 3000, 16, seed=3)
     idx_x, idx_y = sce_select(xg, wg, 40, 60, 200, True, _gen(5))
     ref = _vg(lambda: _sce_union_reference(xc, wc, yc, idx_x.cpu(), idx_y.cpu()), xc, wc)

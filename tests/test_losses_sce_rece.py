@@ -147,7 +147,7 @@ def test_sce_union_matches_bruteforce(monkeypatch, dense, n, c, n_b, k_x, k_y, s
     import seqrec.losses.sce as sce
 
     monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
-    monkeypatch.setattr(sce, "DENSE_UNION_ELEMS", 1 << 30 if dense else 0)
+    monkeypatch.setattr(sce, "UNION_DENSE_RATIO", 1e9 if dense else 0)
     x, w, y = _inputs(n=n, c=c, d=8, seed=seed)
     idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(5))
     ref = _value_and_grads(lambda: _sce_union_reference(x, w, y, idx_x, idx_y), x, w)
@@ -164,7 +164,7 @@ def test_sce_union_matches_bruteforce(monkeypatch, dense, n, c, n_b, k_x, k_y, s
 def test_sce_union_covering_buckets_equal_full_ce(monkeypatch, dense):
     import seqrec.losses.sce as sce
 
-    monkeypatch.setattr(sce, "DENSE_UNION_ELEMS", 1 << 30 if dense else 0)
+    monkeypatch.setattr(sce, "UNION_DENSE_RATIO", 1e9 if dense else 0)
     x, w, y = _inputs()
     loss = build_loss("sce", n_buckets=3, bucket_size_x=x.shape[0], bucket_size_y=w.shape[0], union=True)
     _assert_same(_value_and_grads(lambda: loss(x, y, w, _ctx()), x, w), _full_ce(x, w, y))

@@ -36,9 +36,9 @@ BLOCK_ELEMS = 1 << 22
 CUDA_BLOCK_FACTOR = 8
 # SCE ``cover``: passes of extra buckets over the positions no bucket picked
 COVER_PASSES = 4
-# SCE ``union``: largest [N, C] computed as one masked softmax instead of bucket by bucket
-# (float32 logits, their softmax and gradient: ~12 bytes an element, 200 MB at this size)
-DENSE_UNION_ELEMS = 1 << 24
+# SCE ``union``: a masked softmax over the catalog when N * C <= this x the buckets' cells
+# (1: whichever scores fewer logits)
+UNION_DENSE_RATIO = 1.0
 
 
 def block_elems(device: torch.device) -> int:
@@ -362,53 +362,70 @@ class _SCEUnionFunction(torch.autograd.Function):
         return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None, None
 
 
-class _UnionDenseFunction(torch.autograd.Function):
-    """The ``union`` rule as one masked softmax over the catalog: per-position loss [N].
+def _masked_rows(hidden, item_emb, targets, inc_x, inc_y, r0, r1, ac):
+    """Logits float32 [r, C] of positions r0:r1, -inf outside their buckets' items and at their
+    targets. inc_x [N, n_b], inc_y [C, n_b]: 0/1 bucket incidence (a shared bucket <=> product > 0;
+    sums of 0/1 products are zero only when no bucket is shared, whatever the rounding)."""
+    r1 = min(r1, hidden.shape[0])
+    logits = _bmm(hidden[r0:r1].unsqueeze(0), item_emb.unsqueeze(0), ac)[0]
+    outside = (inc_x[r0:r1] @ inc_y.T) == 0
+    outside[torch.arange(r1 - r0, device=hidden.device), targets[r0:r1]] = True
+    return logits.masked_fill_(outside, float("-inf"))
 
-    Used when the [N, C] logits are no more than the buckets' [n_b, k_x, k_y] (short-history
+
+class _UnionDenseFunction(torch.autograd.Function):
+    """The ``union`` rule as a masked softmax over the catalog, in blocks of positions: loss [N].
+
+    Used when the [N, C] logits are no more than the buckets' [n_b, k_x, k_y] cells (short-history
     batches under the padded-batch rule, where a position sits in dozens of buckets): same value
-    and gradients as _SCEUnionFunction at a fraction of its work. ``outside`` [N, C] bool marks
-    the items outside a position's buckets and its own target; backward recomputes the logits.
+    and gradients as _SCEUnionFunction for less work. Only one [r, C] block is alive at a time
+    (fixed-size blocks also keep the allocator from fragmenting); backward recomputes them.
     """
 
     @staticmethod
-    def forward(ctx, hidden, item_emb, targets, outside):
+    def forward(ctx, hidden, item_emb, targets, inc_x, inc_y):
+        n, c = hidden.shape[0], item_emb.shape[0]
         ac = _autocast_state(hidden.device.type)
-        logits = _bmm(hidden.unsqueeze(0), item_emb.unsqueeze(0), ac)[0].masked_fill_(outside, float("-inf"))
         pos = _positive_logits(hidden, item_emb, targets)
-        total = torch.logaddexp(_logsumexp_(logits), pos)  # the position's log-partition
-        del logits
-        ctx.save_for_backward(hidden, item_emb, targets, outside, total, pos)
+        neg = torch.empty(n, device=hidden.device)
+        r = max(1, block_elems(hidden.device) // c)
+        for r0 in range(0, n, r):
+            neg[r0:r0 + r] = _logsumexp_(_masked_rows(hidden, item_emb, targets, inc_x, inc_y, r0, r0 + r, ac))
+        total = torch.logaddexp(neg, pos)  # the position's log-partition
+        ctx.save_for_backward(hidden, item_emb, targets, inc_x, inc_y, total, pos)
         ctx.ac = ac
         return total - pos
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hidden, item_emb, targets, outside, total, pos = ctx.saved_tensors
+        hidden, item_emb, targets, inc_x, inc_y, total, pos = ctx.saved_tensors
+        n, c = hidden.shape[0], item_emb.shape[0]
         coef = grad_loss.float()
-        prob = _bmm(hidden.unsqueeze(0), item_emb.unsqueeze(0), ctx.ac)[0].masked_fill_(outside, float("-inf"))
-        prob.sub_(total.unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))  # softmax x upstream gradient
         x, w = hidden.float(), item_emb.float()
-        dx, dw = prob @ w, prob.T @ x
-        del prob
+        dx, dw = torch.empty_like(x), torch.zeros_like(w)
+        r = max(1, block_elems(hidden.device) // c)
+        for r0 in range(0, n, r):
+            prob = _masked_rows(hidden, item_emb, targets, inc_x, inc_y, r0, r0 + r, ctx.ac)
+            prob.sub_(total[r0:r0 + r].unsqueeze(1)).exp_().mul_(coef[r0:r0 + r].unsqueeze(1))
+            torch.mm(prob, w, out=dx[r0:r0 + r])
+            dw.addmm_(prob.T, x[r0:r0 + r])
+            del prob
         dpos = coef * (torch.exp(pos - total) - 1.0)
         dx.add_(dpos.unsqueeze(1) * w[targets])
         dw.index_add_(0, targets, dpos.unsqueeze(1) * x)
-        return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None
+        return dx.to(hidden.dtype), dw.to(item_emb.dtype), None, None, None
 
 
 def _union_dense(hidden, item_emb, targets, idx_x, idx_y):
     """(per_pos [N], 0 where uncovered; covered [N]) of the ``union`` rule via _UnionDenseFunction."""
-    n, c = hidden.shape[0], item_emb.shape[0]
+    n, c, n_b = hidden.shape[0], item_emb.shape[0], idx_x.shape[0]
     with torch.no_grad():
-        cols = torch.arange(idx_x.shape[0], device=hidden.device).unsqueeze(1)
-        a = torch.zeros(n, idx_x.shape[0], dtype=torch.bfloat16, device=hidden.device)
-        b = torch.zeros(c, idx_x.shape[0], dtype=torch.bfloat16, device=hidden.device)
-        a[idx_x, cols], b[idx_y, cols] = 1, 1
-        outside = (a @ b.T) == 0  # [N, C]: sums of 0/1 products, zero only when no bucket is shared
-        outside[torch.arange(n, device=hidden.device), targets] = True
-        covered = a.amax(1) > 0
-    per_pos = _UnionDenseFunction.apply(hidden, item_emb, targets, outside)
+        cols = torch.arange(n_b, device=hidden.device).unsqueeze(1)
+        inc_x = torch.zeros(n, n_b, dtype=torch.bfloat16, device=hidden.device)
+        inc_y = torch.zeros(c, n_b, dtype=torch.bfloat16, device=hidden.device)
+        inc_x[idx_x, cols], inc_y[idx_y, cols] = 1, 1
+        covered = inc_x.amax(1) > 0
+    per_pos = _UnionDenseFunction.apply(hidden, item_emb, targets, inc_x, inc_y)
     return torch.where(covered, per_pos, torch.zeros_like(per_pos)), covered
 
 
@@ -478,7 +495,7 @@ class SCE(Loss):
             targets = torch.cat([targets, targets.new_zeros(1)])
         if not self.union:
             per_pos, covered = _SCEFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
-        elif hidden.shape[0] * item_emb.shape[0] <= min(idx_x.numel() * k_y, DENSE_UNION_ELEMS):
+        elif hidden.shape[0] * item_emb.shape[0] <= UNION_DENSE_RATIO * idx_x.numel() * k_y:
             per_pos, covered = _union_dense(hidden, item_emb, targets, idx_x, idx_y)
         else:
             per_pos, covered = _SCEUnionFunction.apply(hidden, item_emb, targets, idx_x, idx_y)
@@ -499,8 +516,7 @@ class SCE(Loss):
         g = _group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
         block = g * (k_x * k_y * (4 + 1 + 4) + (k_x + k_y) * d * 4 * 3)
-        if self.union and n * c <= min(n_b * k_x * k_y, DENSE_UNION_ELEMS):
-            # one masked softmax: float32 logits (recomputed in backward), the bool mask, and the
-            # bfloat16 incidence product behind it
-            block = n * c * (4 + 1 + 2)
+        if self.union and n * c <= UNION_DENSE_RATIO * n_b * k_x * k_y:
+            # blocks of rows: float32 logits, the bool mask and the bfloat16 incidence product
+            block = min(n, max(1, BLOCK_ELEMS // c)) * c * (4 + 1 + 2) + 2 * n_b * (n + c)
         return int(grads + saved + max(select, block))
