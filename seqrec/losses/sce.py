@@ -378,8 +378,8 @@ class _UnionDenseFunction(torch.autograd.Function):
 
     Used when the [N, C] logits are no more than the buckets' [n_b, k_x, k_y] cells (short-history
     batches under the padded-batch rule, where a position sits in dozens of buckets): same value
-    and gradients as _SCEUnionFunction for less work. Only one [r, C] block is alive at a time
-    (fixed-size blocks also keep the allocator from fragmenting); backward recomputes them.
+    and gradients as _SCEUnionFunction for less work. Only one [r, C] block is alive at a time;
+    backward recomputes them.
     """
 
     @staticmethod
