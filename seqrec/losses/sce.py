@@ -208,22 +208,31 @@ def _group_size(n_rows: int, k_x: int, k_y: int, d: int) -> int:
     return max(1, min(n_rows, BLOCK_ELEMS // (k_x * k_y + (k_x + k_y) * d)))
 
 
+def _negative_lse(hidden, item_emb, targets, idx_x, idx_y, ac, counts=None):
+    """logsumexp over each bucket row's (masked) items, float32 [n_b, k_x], group by group; with
+    ``counts`` (_CopyCounts) every logit is first lowered by log of its copy count."""
+    n_b, k_x = idx_x.shape
+    out = torch.empty(n_b, k_x, device=hidden.device)
+    extra = n_b if counts is not None else 0  # the count matmul's inputs
+    g = _group_size(n_b, k_x, idx_y.shape[1], hidden.shape[1] + extra)
+    for b0 in range(0, n_b, g):
+        logits, _, _ = _bucket_logits(hidden, item_emb, targets, idx_x[b0:b0 + g], idx_y[b0:b0 + g], ac)
+        if counts is not None:
+            logits.sub_(counts.log(b0, b0 + g))
+        out[b0:b0 + g] = _logsumexp_(logits)
+        del logits
+    return out
+
+
 class _SCEFunction(torch.autograd.Function):
     """Per-position SCE loss [N] (0 where uncovered) and coverage mask [N] from (X, W, y, buckets)."""
 
     @staticmethod
     def forward(ctx, hidden, item_emb, targets, idx_x, idx_y):
-        n, d = hidden.shape
-        n_b, k_x = idx_x.shape
-        k_y = idx_y.shape[1]
+        n = hidden.shape[0]
         ac = _autocast_state(hidden.device.type)
         pos = _positive_logits(hidden, item_emb, targets)
-        row_lse = torch.empty(n_b, k_x, device=hidden.device)
-        g = _group_size(n_b, k_x, k_y, d)
-        for b0 in range(0, n_b, g):
-            logits, _, _ = _bucket_logits(hidden, item_emb, targets, idx_x[b0:b0 + g], idx_y[b0:b0 + g], ac)
-            row_lse[b0:b0 + g] = torch.logaddexp(_logsumexp_(logits), pos[idx_x[b0:b0 + g]])
-            del logits
+        row_lse = torch.logaddexp(_negative_lse(hidden, item_emb, targets, idx_x, idx_y, ac), pos[idx_x])
         row_loss = row_lse - pos[idx_x]
         flat = idx_x.reshape(-1)
         per_pos = torch.full((n,), float("-inf"), device=hidden.device)
@@ -310,19 +319,11 @@ class _SCEUnionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, item_emb, targets, idx_x, idx_y):
-        n, d = hidden.shape
-        n_b, k_x = idx_x.shape
-        k_y = idx_y.shape[1]
+        n = hidden.shape[0]
         ac = _autocast_state(hidden.device.type)
         pos = _positive_logits(hidden, item_emb, targets)
         counts = _CopyCounts(idx_x, idx_y, n)
-        row_lse = torch.empty(n_b, k_x, device=hidden.device)  # negatives only
-        g = _group_size(n_b, k_x, k_y, d + n_b)  # + the count matmul inputs
-        for b0 in range(0, n_b, g):
-            logits, _, _ = _bucket_logits(hidden, item_emb, targets, idx_x[b0:b0 + g], idx_y[b0:b0 + g], ac)
-            logits.sub_(counts.log(b0, b0 + g))
-            row_lse[b0:b0 + g] = _logsumexp_(logits)
-            del logits
+        row_lse = _negative_lse(hidden, item_emb, targets, idx_x, idx_y, ac, counts)  # negatives only
         flat, rows = idx_x.reshape(-1), row_lse.reshape(-1)
         top = torch.full((n,), float("-inf"), device=hidden.device)
         top.scatter_reduce_(0, flat, rows, "amax", include_self=True)
