@@ -10,6 +10,7 @@ Design notes
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import random
@@ -245,6 +246,7 @@ class Trainer:
             bar.close()
             st.epoch += 1
             st.perm, st.step = None, 0
+            trim_heap()
             valid = self.evaluate(self.valid)
             rec = {"epoch": st.epoch, "loss": ep_loss / max(ep_n, 1), "epoch_s": time.monotonic() - ep_start,
                    "elapsed_s": time.monotonic() - start, **{f"valid_{k}": v for k, v in valid.items()},
@@ -359,6 +361,29 @@ def _autocast(kind: str | None, device: torch.device) -> Any:
     if kind == "fp16" and device.type != "cuda":
         raise SeqrecError("train.autocast=fp16 needs CUDA; use bf16 on CPU")
     return torch.autocast(device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the OS; True where that is possible (glibc).
+
+    Losses whose intermediate shapes change from batch to batch (SCE ``union``, RECE) leave glibc's
+    heap fragmented, so a long run's RSS creeps far above its working set. Once per epoch costs
+    milliseconds; on ML-1M with ``sce`` union+cover it cut the 15-epoch peak RSS from 2.8 to 2.2 GB
+    (docs/benchmarks.md).
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", False)
+        except (OSError, TypeError):  # no C library handle (e.g. Windows)
+            _MALLOC_TRIM = False
+    if not _MALLOC_TRIM:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _peak_rss_mb() -> float:
