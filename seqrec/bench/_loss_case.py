@@ -44,14 +44,12 @@ def _reset_peak() -> bool:
 
 def _trim() -> None:
     """Give freed heap memory back to the OS so the baseline RSS counts live memory only."""
-    import ctypes
     import gc
 
+    from seqrec.training.trainer import trim_heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_heap()
 
 
 def run_case(spec: dict) -> dict:
