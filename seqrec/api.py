@@ -1,32 +1,38 @@
-"""Python API: ``SeqRec(model="sasrec", loss="ce", **overrides).fit(data)``.
+"""Python API: ``SeqRec(model="sasrec", loss="ce", **sections).fit(data)``.
 
 Follows scikit-learn discipline (the constructor stores the configuration, ``fit`` returns self)
 and RecTools' recommender shape (``recommend(users, k, filter_seen=True)`` returns a tidy table of
-raw ids). The configuration is the same tree as the YAML files (``get_config`` / ``from_config``).
+raw ids). The configuration is the typed tree of the YAML files (``get_config`` / ``from_config``
+round-trip to identical YAML).
 """
 
 from __future__ import annotations
 
-import copy
-import json
+import contextlib
 import os
-import tempfile
-import warnings
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-import yaml
 
-from seqrec.config import Config, load_config
+from seqrec.config import Config, load_config, merge, set_dotted
 from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, SeqrecError
-from seqrec.io import atomic_path, run_lock, write_json, write_text
+from seqrec.rundir import RunDir
 
-RUN_FILES = ("config.yaml", "model.pt", "data")
+
+def preflight(cfg: Config, check_data: bool = True) -> None:
+    """What can be checked before any data loads: the device exists, the dataset can be found."""
+    from seqrec.data import check_spec
+    from seqrec.training import resolve_device
+
+    resolve_device(cfg.train.device)
+    if check_data:
+        check_spec(cfg.data.dataset, cfg.data.format)
 
 
 class SeqRec:
@@ -35,42 +41,45 @@ class SeqRec:
     Parameters
     ----------
     model, loss: registry names (``sasrec``, ``bert4rec``, ``gru4rec``, ``pop``; ``ce``,
-        ``ce_chunked``, ``sce``, ``rece``, ...) or dicts ``{"name": ..., **params}``.
-    config: a packaged config name or YAML path to start from (default: the package default).
+        ``ce_chunked``, ``sce``, ``rece``, ... or a plug-in's) or dicts ``{"name": ..., **params}``.
+    config: where to start: a packaged config name, a YAML path, a config tree (dict) or a ``Config``
+        (default: the package default).
     overrides: dotted keys (``{"train.lr": 1e-3}``) applied last.
     **sections: section dicts (``train={"epochs": 5}``, ``eval={...}``, ``data={...}``).
     """
 
-    def __init__(self, model: str | dict | None = None, loss: str | dict | None = None, config: str | None = None,
+    def __init__(self, model: str | dict | None = None, loss: str | dict | None = None,
+                 config: str | os.PathLike | dict | Config | None = None,
                  overrides: dict[str, Any] | None = None, **sections: Any) -> None:
-        self.model = model
-        self.loss = loss
-        self.config = config
-        self.overrides = overrides
-        self.sections = sections
+        self.model, self.loss, self.config, self.overrides, self.sections = model, loss, config, overrides, sections
         self.cfg_ = self._resolve()
         self.model_: torch.nn.Module | None = None
         self.data_: PreparedData | None = None
         self.fit_info_: dict[str, Any] = {}
         self.path_: Path | None = None  # directory loaded from / saved to: its index/ may be reused
 
-    # ------------------------------------------------------------ config
     def _resolve(self) -> Config:
-        cfg = load_config(self.config)
-        tree = cfg.to_dict()
+        base = self.config
+        if isinstance(base, Config):
+            tree = base.to_dict()
+        elif isinstance(base, dict):
+            tree = merge(Config.from_tree().to_dict(), base)
+        else:
+            tree = load_config(base).to_dict()
+        update: dict[str, Any] = {}
         for sec, val in (("model", self.model), ("loss", self.loss)):
-            if isinstance(val, str):
-                val = {"name": val}
             if val is not None:
-                if not isinstance(val, dict):
+                if not isinstance(val, str | dict):
                     raise ConfigError(f"{sec} must be a name or a dict, got {type(val).__name__}")
-                tree[sec] = {**(tree[sec] if val.get("name", tree[sec]["name"]) == tree[sec]["name"] else {}), **val}
+                update[sec] = {"name": val} if isinstance(val, str) else val
         for sec, val in self.sections.items():
             if not isinstance(val, dict):
                 raise ConfigError(f"keyword {sec!r} must be a dict of {sec} settings (or use overrides={{...}})")
-            tree.setdefault(sec, {}).update(val)
-        cfg = Config(tree)
-        return cfg.with_overrides(self.overrides) if self.overrides else cfg
+            update[sec] = val
+        tree = merge(tree, update)
+        for key, value in (self.overrides or {}).items():
+            set_dotted(tree, key, value)
+        return Config.from_tree(tree)
 
     def get_config(self) -> dict[str, Any]:
         """The full resolved configuration tree (a plain dict; YAML-serialisable)."""
@@ -78,108 +87,84 @@ class SeqRec:
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | Config) -> SeqRec:
-        tree = config.to_dict() if isinstance(config, Config) else copy.deepcopy(config)
-        obj = cls.__new__(cls)
-        obj.model = obj.loss = obj.config = obj.overrides = None
-        obj.sections = {}
-        obj.cfg_ = Config(tree)
-        obj.model_, obj.data_, obj.fit_info_, obj.path_ = None, None, {}, None
-        return obj
+        """An unfitted SeqRec of ``config`` (``from_config(r.get_config())`` configures ``r``'s twin)."""
+        return cls(config=config)
 
-    # ------------------------------------------------------------ data
+    def set_config(self, overrides: dict[str, Any]) -> SeqRec:
+        """Change evaluation settings (``{"eval.retrieval": "faiss-ivf"}``) of a fitted model -> self.
+        Other sections describe what was trained and cannot change after ``fit``."""
+        bad = [k for k in overrides if self.model_ is not None and not k.startswith("eval.")]
+        if bad:
+            raise ConfigError(f"{bad[0]}: only eval.* settings can change once a model is fitted")
+        self.cfg_ = self.cfg_.with_overrides(overrides)
+        return self
+
+    # ------------------------------------------------------------ data and parts
     def _load_data(self, data: Any) -> PreparedData:
-        from seqrec.data import load_dataset
+        from seqrec.data import load_dataset, load_frame
 
         if isinstance(data, PreparedData):
             return data
         d = self.cfg_.data
-        if data is None:
-            data = d.dataset
         if _is_frame(data):
-            return _prepare_frame(data, d)
-        return load_dataset(str(data), data_dir=d.data_dir, fmt=d.format, split=d.split, **(d.options or {}))
+            return load_frame(data, split=d.split, **d.options)
+        return load_dataset(str(d.dataset if data is None else data), data_dir=d.data_dir, fmt=d.format,
+                            split=d.split, **d.options)
 
     def _build_model(self, n_items: int) -> torch.nn.Module:
-        from seqrec.models import build_model
+        from seqrec.registry import MODELS
 
-        m = self.cfg_.model
-        return build_model(m.name, n_items, **{k: v for k, v in m.items() if k != "name"})
-
-    def _build_loss(self):
-        from seqrec.losses import build_loss
-
-        lc = self.cfg_.loss
-        return build_loss(lc.name, **{k: v for k, v in lc.items() if k != "name"})
-
-    # ------------------------------------------------------------ fit / evaluate
-    def fit(self, data: Any = None, run_dir: str | os.PathLike | None = None, resume: bool = False,
-            log: Callable[[str], None] = print, trainer_hook: Callable[[Any], None] | None = None) -> SeqRec:
-        """Train on ``data`` (dataset name, file path, prepared dir, DataFrame or PreparedData).
-
-        With ``run_dir`` the run is checkpointed there (config.yaml, data/, checkpoints/,
-        metrics.jsonl, model.pt, train_info.json) and can be resumed with ``resume=True``.
-        """
-        run = Path(run_dir) if run_dir else None
-        if run is None:
-            return self._fit(data, None, resume, log, trainer_hook)
-        with run_lock(run):  # one process per run directory
-            return self._fit(data, run, resume, log, trainer_hook)
-
-    def _fit(self, data: Any, run: Path | None, resume: bool, log: Callable[[str], None],
-             trainer_hook: Callable[[Any], None] | None) -> SeqRec:
-        from seqrec.training import Trainer
-        from seqrec.training.trainer import seed_everything
-
-        if resume and run is not None and (run / "data" / "meta.json").exists() and data is None:
-            from seqrec.data import load_dataset
-
-            self.data_ = load_dataset(str(run / "data"))  # the run's own prepared copy: no raw re-reading
-        else:
-            self.data_ = self._load_data(data)
-        seed_everything(int(self.cfg_.train.seed))  # model initialisation is part of the seeded run
-        self.model_ = self._build_model(self.data_.n_items)
-        self._record_model_params()
-        if run is not None:
-            self._write_run_skeleton(run, resume)
-        trainer = Trainer(self.cfg_, self.model_, self._build_loss(), self.data_, run, log=log)
-        if trainer_hook:
-            trainer_hook(trainer)
-        self.fit_info_ = trainer.fit(resume=resume)
-        self.model_.cpu()
-        self.model_.eval()
-        if run is not None:
-            self._save_model(run / "model.pt")
-            write_json(run / "train_info.json", self.fit_info_)
-        return self
-
-    def _record_model_params(self) -> None:
-        tree = self.cfg_.to_dict()
-        tree["model"] = {"name": self.cfg_.model.name, **self.model_.get_params()}
-        self.cfg_ = Config(tree)
-
-    def _write_run_skeleton(self, run: Path, resume: bool) -> None:
-        from seqrec.data import save_prepared
-
-        run.mkdir(parents=True, exist_ok=True)
-        write_text(run / "config.yaml", yaml.safe_dump(self.get_config(), sort_keys=False))
-        if not (resume and (run / "data" / "meta.json").exists()):
-            save_prepared(self.data_, run / "data")
+        return MODELS.build(self.cfg_.model.name, n_items, **self.cfg_.model.params)
 
     def _check_fitted(self) -> None:
         if self.model_ is None or self.data_ is None:
             raise SeqrecError("this SeqRec is not fitted yet: call fit(data) or SeqRec.load(path) first")
 
+    # ------------------------------------------------------------ fit
+    def fit(self, data: Any = None, run_dir: str | os.PathLike | None = None, resume: bool = False,
+            log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> SeqRec:
+        """Train on ``data`` (dataset name, file path, prepared dir, DataFrame or PreparedData; default
+        ``data.dataset``). With ``run_dir`` the run is checkpointed there (see ``seqrec.rundir``) and
+        can be resumed with ``resume=True``. ``callbacks``: extra ``seqrec.training.Callback``s."""
+        from seqrec.registry import LOSSES
+        from seqrec.training import Trainer, seed_everything
+
+        run = RunDir(run_dir) if run_dir is not None else None
+        with run.lock() if run is not None else contextlib.nullcontext():
+            if resume and run is not None and run.has_data() and data is None:
+                self.data_ = self._load_data(str(run.data))  # the run's own copy: no raw re-reading
+            else:
+                self.data_ = self._load_data(data)
+            seed_everything(self.cfg_.train.seed)  # model initialisation is part of the seeded run
+            self.model_ = self._build_model(self.data_.n_items)
+            self.cfg_ = Config.from_tree({**self.get_config(),  # every model parameter, defaults too
+                                          "model": {"name": self.cfg_.model.name, **self.model_.get_params()}})
+            if run is not None:
+                run.write_config(self.get_config())
+                if not (resume and run.has_data()):
+                    self._save_data(run)
+            loss = LOSSES.build(self.cfg_.loss.name, **self.cfg_.loss.params)
+            trainer = Trainer(self.cfg_, self.model_, loss, self.data_, run, log=log, callbacks=list(callbacks))
+            self.fit_info_ = trainer.fit(resume=resume)
+            self.model_.cpu().eval()
+            if run is not None:
+                self._save_model(run)
+                run.write_json(run.train_info.name, self.fit_info_)
+        return self
+
+    # ------------------------------------------------------------ evaluate
     def evaluate(self, data: Any = None, split: str = "test", retrieval: str | None = None,
-                 retrieval_params: dict | None = None) -> dict[str, float]:
-        """HR/NDCG/MRR/coverage@k on ``split`` ('valid' or 'test') of ``data`` (default: the fitted data)."""
+                 retrieval_params: dict | None = None, metrics_only: bool = False) -> dict[str, float]:
+        """HR/NDCG/MRR/coverage@k on ``split`` ('valid' or 'test') of ``data`` (default: the fitted data).
+        With an approximate backend the result also holds its recall vs exact search, unless ``metrics_only``."""
         from seqrec.evaluation import evaluate
 
         e = self.cfg_.eval
-        evalset = self._evalset(data, split)
-        retr = self._retriever(retrieval, retrieval_params)
-        return evaluate(self.model_, evalset, max_len=self._max_len(), ks=list(e.ks),
-                        retriever=retr, filter_seen=e.filter_seen, batch_size=e.batch_size,
-                        recall_sample=e.recall_sample, seed=int(self.cfg_.train.seed))
+        m = evaluate(self.model_, self._evalset(data, split), max_len=self.model_.max_len, ks=list(e.ks),
+                     retriever=self._retriever(retrieval, retrieval_params), filter_seen=e.filter_seen,
+                     batch_size=e.batch_size, recall_sample=0 if metrics_only else e.recall_sample,
+                     seed=self.cfg_.train.seed)
+        return {k: v for k, v in m.items() if "@" in k and not k.startswith("retrieval")} if metrics_only else m
 
     def _evalset(self, data: Any, split: str) -> EvalSet:
         self._check_fitted()
@@ -196,88 +181,62 @@ class SeqRec:
         from seqrec.evaluation import evaluation_ranks
 
         e = self.cfg_.eval
-        evalset = self._evalset(data, split)
-        return evaluation_ranks(self.model_, evalset, max_len=self._max_len(), k=int(k or max(e.ks)),
-                                retriever=self._retriever(None, None), filter_seen=e.filter_seen,
-                                batch_size=e.batch_size)
+        return evaluation_ranks(self.model_, self._evalset(data, split), max_len=self.model_.max_len,
+                                k=int(k or max(e.ks)), retriever=self._retriever(None, None),
+                                filter_seen=e.filter_seen, batch_size=e.batch_size)
 
     def compare(self, *others: SeqRec, data: Any = None, split: str = "test",
                 metrics: tuple[str, ...] = ("ndcg@10", "hr@10"), resamples: int = 2000, level: float = 0.95,
                 seed: int = 0) -> pl.DataFrame:
-        """Each of ``others`` against this model on the same users: means, ratio other/this and
-        difference with paired-bootstrap ``level`` intervals, and a paired t-test p-value.
+        """Each of ``others`` against this model on the same users (see ``seqrec.evaluation.compare_models``):
+        one row per (other, metric) with ``run``, ``metric``, ``base``, ``value``, ``ratio`` [lo, hi],
+        ``diff`` [lo, hi], ``p_value``, ``users``. All models must have been fitted on the same data."""
+        from seqrec.evaluation.compare import compare_models
 
-        One row per (other model, metric): ``run`` (its directory when loaded from one, else its
-        0-based index in ``others``), ``metric``, ``base`` (this model's mean), ``value``, ``ratio``
-        (value / base) with ``ratio_lo``/``ratio_hi``, ``diff`` with ``diff_lo``/``diff_hi``, ``p_value``, ``users``.
-        All models must have been fitted on the same data.
-        """
-        from seqrec.evaluation import compare_ranks, per_user
-
-        if not metrics:
-            raise SeqrecError("compare needs at least one metric")
         if not others:
             raise SeqrecError("compare needs at least one other model")
-        self._check_fitted()
-        for m in metrics:
-            try:
-                per_user(np.zeros(1, dtype=np.int64), m)
-            except ValueError as e:
-                raise SeqrecError(str(e)) from None
-        fp = self.data_.meta.get("fingerprint")
-        k = max(int(m.partition("@")[2]) for m in metrics)
-        base = self.evaluation_ranks(data, split, k)
-        targets = self._evalset(data, split).targets
-        rows = []
-        for i, o in enumerate(others):
-            o._check_fitted()
-            other_set = o._evalset(data, split)
-            if o.data_.meta.get("fingerprint") != fp or not np.array_equal(other_set.targets, targets):
-                raise SeqrecError(f"model {o.path_ or i} was fitted on other data: "
-                                  "a paired comparison needs the same users")
-            try:
-                recs = compare_ranks(base, o.evaluation_ranks(data, split, k), metrics, resamples, level, seed)
-            except ValueError as e:
-                raise SeqrecError(str(e)) from None
-            rows += [{"run": str(o.path_) if o.path_ is not None else str(i), **r} for r in recs]
+        for m in (self, *others):
+            m._check_fitted()
+        ranks = lambda m, k: m.evaluation_ranks(data, split, k)  # noqa: E731
+        named = [(str(o.path_) if o.path_ is not None else str(i), o) for i, o in enumerate(others)]
+        rows = compare_models(self, named, ranks, lambda m: (m.data_.meta.get("fingerprint"),
+                                                             m._evalset(data, split).targets),
+                              metrics, resamples, level, seed)
         return pl.DataFrame(rows)
 
-    def _max_len(self) -> int:
-        return int(getattr(self.model_, "max_len", 200))
-
-    def _retriever(self, backend: str | None, params: dict | None):
-        from seqrec.retrieval import build_retriever
-
-        name = backend or self.cfg_.eval.retrieval
-        p = params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})
-        emb = self.item_embeddings()
-        return self._saved_index(name, p or {}, emb) or build_retriever(name, **(p or {})).build(emb)
-
-    def _saved_index(self, backend: str, params: dict, emb: np.ndarray):
-        """The index ``seqrec index build`` saved in this model's directory, when it indexes exactly
-        these embeddings and agrees with ``params`` (search-time ones are applied); else None."""
-        from seqrec.retrieval import load_retriever
-        from seqrec.retrieval.base import embedding_digest, load_meta
-
-        where = self.path_ / "index" / backend if self.path_ is not None else None
-        if where is None or not (where / "retriever.json").is_file():
-            return None
-        meta = load_meta(where)
-        if meta["source"] != embedding_digest(emb):
-            warnings.warn(f"{where} was built from other item embeddings (model retrained?): building a "
-                          f"fresh index; rebuild it with: seqrec index build {self.path_} --backend {backend}",
-                          RuntimeWarning, stacklevel=3)
-            return None
-        retriever = load_retriever(where)
-        search = {k: v for k, v in params.items() if k in retriever.search_time}
-        if any(meta["params"].get(k) != v for k, v in params.items() if k not in search):
-            return None  # other build-time parameters were asked for
-        return retriever.set_params(**search) if search else retriever
-
+    # ------------------------------------------------------------ retrieval
     def item_embeddings(self) -> np.ndarray:
         """Scoring matrix of the catalog -> float32 [C, d] (row i = internal item i + 1)."""
         self._check_fitted()
         return self.model_.item_embeddings().detach().float().cpu().numpy()
+
+    def _retriever(self, backend: str | None, params: dict | None) -> Any:
+        from seqrec.retrieval import build_retriever, reuse_index
+
+        name = backend or self.cfg_.eval.retrieval
+        p = (params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})) or {}
+        emb = self.item_embeddings()
+        saved = RunDir(self.path_).index(name) if self.path_ is not None else None
+        return (saved and reuse_index(saved, p, emb, rebuild_hint=f"seqrec index build {self.path_} "
+                                      f"--retrieval {name}")) or build_retriever(name, **p).build(emb)
+
+    def build_index(self, retrieval: str = "faiss-hnsw", params: dict | None = None) -> tuple[Path, dict[str, Any]]:
+        """Build a ``retrieval`` index over the item embeddings and save it in this model's directory
+        (``RUN/index/<backend>/``, reused by ``evaluate``/``recommend``) -> (directory, summary)."""
+        from seqrec.retrieval import build_retriever
+        from seqrec.retrieval.base import embedding_digest
+
+        if self.path_ is None:
+            raise SeqrecError("build_index needs a saved model: save(path) or SeqRec.load(path) first")
+        emb = self.item_embeddings()
+        retriever = build_retriever(retrieval, **(params or {}))
+        t0 = time.perf_counter()
+        retriever.build(emb)
+        build_s = time.perf_counter() - t0
+        # a fallback (faiss missing) saves under the backend actually built, so the name never lies
+        out = retriever.save(RunDir(self.path_).index(retriever.name), source=embedding_digest(emb))
+        return out, {"backend": retriever.name, "items": retriever.n_items, "dim": retriever.dim,
+                     "build_s": round(build_s, 3), "params": retriever.params}
 
     # ------------------------------------------------------------ recommend
     def recommend(self, users: Any = None, k: int = 10, filter_seen: bool = True,
@@ -289,131 +248,97 @@ class SeqRec:
         user (possibly unseen in training) to their item list (raw ids, time order); unknown items
         are ignored. items: allow-list of raw item ids; exclude_items: deny-list.
         """
-        self._check_fitted()
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise SeqrecError(f"k must be a positive integer, got {k!r}")
-        d = self.data_
-        if histories is not None:
-            if users is not None:
-                raise SeqrecError("pass either users or histories, not both")
-            user_raw = list(histories)
-            item_index = {raw: i for i, raw in enumerate(d.item_ids.tolist()) if i > 0}
-            rows = [[item_index[x] for x in histories[u] if x in item_index] for u in user_raw]
-            store = SequenceStore.from_lists(rows)
-            user_col = pl.Series("user", user_raw)
-        else:
-            if users is None:
-                idx = np.arange(d.n_users)
-            else:
-                user_index = {raw: i for i, raw in enumerate(d.user_ids.tolist())}
-                want = list(users)
-                missing = [u for u in want if u not in user_index]
-                if missing:
-                    raise SeqrecError(f"{len(missing)} unknown user(s), e.g. {missing[0]!r}; pass new users "
-                                      "with histories={user: [items...]}")
-                idx = np.array([user_index[u] for u in want], dtype=np.int64)
-            store = d.full.subset(idx)
-            user_col = pl.Series("user", d.user_ids[idx])
         from seqrec.evaluation import user_vectors
 
-        queries = user_vectors(self.model_, store, self._max_len(), self.cfg_.eval.batch_size)
-        retr = self._retriever(retrieval, retrieval_params)
+        self._check_fitted()
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise SeqrecError(f"k must be a positive integer, got {k!r}")
+        store, user_col = self._query_users(users, histories)
+        queries = user_vectors(self.model_, store, self.model_.max_len, self.cfg_.eval.batch_size)
+        kw = {key: self._catalog_ids(raw, key) for key, raw in (("allow", items), ("deny", exclude_items))
+              if raw is not None}
         exclude = (store.offsets, store.items - 1) if filter_seen else None
-        kw = {}
-        if items is not None:
-            kw["allow"] = self._catalog_ids(items, "items")
-        if exclude_items is not None:
-            kw["deny"] = self._catalog_ids(exclude_items, "exclude_items")
-        scores, ids = retr.search(queries, int(k), exclude=exclude, **kw)
+        scores, ids = self._retriever(retrieval, retrieval_params).search(queries, int(k), exclude=exclude, **kw)
         scores, ids = np.asarray(scores), np.asarray(ids)
         m, kk = ids.shape
         valid = ids >= 0
         user_rep = np.repeat(np.arange(m), kk)[valid.ravel()]
         return pl.DataFrame({
             "user": user_col.gather(user_rep) if m else user_col,
-            "item": pl.Series("item", d.item_ids[ids[valid] + 1]),
+            "item": pl.Series("item", self.data_.item_ids[ids[valid] + 1]),
             "score": scores[valid].astype(np.float32),
             "rank": np.tile(np.arange(1, kk + 1), m)[valid.ravel()].astype(np.int32),
         })
 
+    def _query_users(self, users: Any, histories: dict | None) -> tuple[SequenceStore, pl.Series]:
+        d = self.data_
+        if histories is not None:
+            if users is not None:
+                raise SeqrecError("pass either users or histories, not both")
+            user_raw = list(histories)
+            store = SequenceStore.from_lists([(d.catalog_ids(histories[u]) + 1).tolist() for u in user_raw])
+            return store, pl.Series("user", user_raw)
+        idx, missing = (np.arange(d.n_users), []) if users is None else d.user_rows(users)
+        if missing:
+            raise SeqrecError(f"{len(missing)} unknown user(s), e.g. {missing[0]!r}; pass new users "
+                              "with histories={user: [items...]}")
+        return d.full.subset(idx), pl.Series("user", d.user_ids[idx])
+
     def _catalog_ids(self, raw: Any, what: str) -> np.ndarray:
-        index = {r: i - 1 for i, r in enumerate(self.data_.item_ids.tolist()) if i > 0}
-        ids = [index[x] for x in raw if x in index]
-        if not ids and len(list(raw)):
-            raise SeqrecError(f"none of the {what} are in the trained catalog")
-        return np.array(ids, dtype=np.int64)
+        ids = self.data_.catalog_ids(raw)
+        if not len(ids) and len(list(raw)):
+            raise SeqrecError(f"none of the {'items' if what == 'allow' else 'exclude_items'} are in the "
+                              "trained catalog")
+        return ids
 
     # ------------------------------------------------------------ persistence
-    def _save_model(self, path: Path) -> None:
-        from seqrec import __version__
+    def _save_model(self, run: RunDir) -> None:
+        from seqrec.training import save_model
 
-        state = {"meta": {"version": __version__, "fingerprint": self.data_.meta.get("fingerprint", ""),
-                          "n_items": self.data_.n_items, "model": self.cfg_.model.name},
-                 "model": self.model_.state_dict()}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_model(run.model, self.model_, self.data_, self.cfg_.model.name)
+
+    def _save_data(self, run: RunDir) -> None:
+        from seqrec.data import save_prepared
+
+        save_prepared(self.data_, run.data)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write config.yaml, model.pt and data/ to ``path`` (a directory); ``SeqRec.load`` reads it."""
-        from seqrec.data import save_prepared
-
         self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        write_text(path / "config.yaml", yaml.safe_dump(self.get_config(), sort_keys=False))
-        self._save_model(path / "model.pt")
-        if not (path / "data" / "meta.json").exists():
-            save_prepared(self.data_, path / "data")
+        run = RunDir(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(self.get_config())
+        self._save_model(run)
+        if not run.has_data():
+            self._save_data(run)
         if self.fit_info_:
-            write_json(path / "train_info.json", self.fit_info_)
-        return path
+            run.write_json(run.train_info.name, self.fit_info_)
+        self.path_ = run.path
+        return run.path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SeqRec:
         """Load a saved model or a finished ``seqrec fit`` run directory."""
-        from seqrec.config import read_yaml
-        from seqrec.data import load_dataset
-        from seqrec.training.checkpoint import check_compatible, load_checkpoint
+        import json
 
-        path = Path(path)
-        if not path.is_dir():
-            raise SeqrecError(f"{path} is not a run or model directory")
-        missing = [f for f in RUN_FILES if not (path / f).exists()]
+        from seqrec.data import load_dataset
+        from seqrec.training import load_model
+
+        run = RunDir(path)
+        if not run.path.is_dir():
+            raise SeqrecError(f"{run.path} is not a run or model directory")
+        missing = run.missing()
         if missing:
             hint = " (training unfinished? resume it with: seqrec fit --resume DIR)" if "model.pt" in missing else ""
-            raise SeqrecError(f"{path} is not a complete seqrec model directory: missing {', '.join(missing)}{hint}")
-        obj = cls.from_config(read_yaml(path / "config.yaml"))
-        obj.data_ = load_dataset(str(path / "data"))
-        ck = load_checkpoint(path / "model.pt")
-        check_compatible(ck, obj.data_.meta.get("fingerprint", ""), obj.data_.n_items, path / "model.pt")
-        obj.model_ = obj._build_model(obj.data_.n_items)
-        try:
-            obj.model_.load_state_dict(ck["model"])
-        except (RuntimeError, TypeError, AttributeError) as e:  # shapes/keys differ from config.yaml's model
-            msg = str(e).replace("\n", " ").replace("\t", "")[:200]
-            raise SeqrecError(f"{path / 'model.pt'} does not fit the model in {path / 'config.yaml'} ({msg})") from None
-        obj.model_.eval()
-        obj.path_ = path
-        info = path / "train_info.json"
-        obj.fit_info_ = json.loads(info.read_text()) if info.exists() else {}
+            raise SeqrecError(f"{run.path} is not a complete seqrec model directory: "
+                              f"missing {', '.join(missing)}{hint}")
+        obj = cls(config=Config.from_tree(run.read_config()))
+        obj.data_ = load_dataset(str(run.data))
+        obj.model_ = load_model(run.model, obj._build_model(obj.data_.n_items), obj.data_, run.config)
+        obj.path_ = run.path
+        obj.fit_info_ = json.loads(run.train_info.read_text()) if run.train_info.exists() else {}
         return obj
 
 
 def _is_frame(x: Any) -> bool:
     return isinstance(x, pl.DataFrame) or type(x).__name__ == "DataFrame" and hasattr(x, "columns")
-
-
-def _prepare_frame(frame: Any, d: Any) -> PreparedData:
-    """A DataFrame of interactions (columns user, item[, timestamp][, rating]) -> PreparedData."""
-    from seqrec.data import load_dataset
-
-    if not isinstance(frame, pl.DataFrame):
-        frame = pl.from_pandas(frame)
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "interactions.parquet"
-        frame.write_parquet(f)
-        return load_dataset(str(f), fmt="parquet", split=d.split, **(d.options or {}))
-
-
-def eval_set_for(data: PreparedData, split: str) -> EvalSet:
-    return getattr(data, split)

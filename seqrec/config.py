@@ -1,82 +1,220 @@
-"""Typed configuration tree (data, model, loss, train, eval) loaded from YAML with ``a.b=c`` overrides.
+"""Typed configuration (pydantic): sections data, model, loss, train, eval, loaded from YAML plus
+``KEY=VALUE`` overrides, validated completely before any data loads or anything is written.
 
-Sections ``data``, ``train`` and ``eval`` have fixed keys (unknown keys are errors with a
-did-you-mean hint). ``model`` and ``loss`` hold ``name`` plus the constructor parameters of the
-chosen model / loss, checked against that constructor's signature.
+``data``, ``train`` and ``eval`` have fixed keys (unknown keys are errors with a did-you-mean).
+``model`` and ``loss`` hold ``name`` plus the constructor parameters of the named class, checked
+against that constructor's signature through ``seqrec.registry`` (so a plug-in's parameters are
+checked too). ``eval.retrieval`` names a retrieval backend, ``eval.retrieval_params`` its parameters.
+Renamed keys (``RENAMED``) give a one-line error naming the new key.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import inspect
-import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from seqrec.errors import ConfigError
+from seqrec.registry import LOSSES, MODELS, RETRIEVERS, describe_error, did_you_mean
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {
-        "dataset": "synthetic",   # name (card in datasets/), prepared dir, or file path
-        "data_dir": None,         # where named datasets live (env SEQREC_DATA, else a user cache dir)
-        "format": None,           # reader for a file path (see `seqrec data --help`)
-        "split": None,            # leave_one_out | global_temporal (None: the card's default)
-        "options": {},            # card preprocessing overrides (min_rating, dedup, min_user, min_item), reader
-                                  # options (user_col, item_col, time_col, sep), synthetic generator params
-    },
-    "model": {"name": "sasrec"},
-    "loss": {"name": "ce"},
-    "train": {
-        "batch_size": 128,        # sequences per step
-        "optimizer": "adam",      # adam | adamw
-        "lr": 1e-3,
-        "betas": [0.9, 0.98],
-        "weight_decay": 0.0,
-        "grad_clip": None,        # max gradient norm
-        "epochs": 200,
-        "patience": 10,           # epochs without validation NDCG@10 improvement before stopping
-        "group_by_length": True,  # batches of similar-length sequences (less padding), loss weighted by tokens
-        "window_stride": None,    # sliding windows over histories longer than max_len (None: last max_len only)
-        "autocast": None,         # None | bf16 | fp16 (fp16 on CUDA only)
-        "seed": 0,
-        "max_time": None,         # wall-clock budget in seconds for training
-        "device": "auto",         # auto | cpu | cuda | cuda:N
-        "num_threads": None,      # torch intra-op threads on CPU (None: torch default)
-        "checkpoint_every_s": 30.0,   # mid-epoch checkpoint period in seconds (None: epoch ends only)
-        "checkpoint_every_steps": None,
-        "nan_policy": "stop",     # stop | skip (skip the step, at most max_nan_skips times)
-        "max_nan_skips": 10,
-        "valid_users": None,      # evaluate validation on a seeded random subset of this many users
-    },
-    "eval": {
-        "ks": [1, 5, 10, 20, 50],
-        "batch_size": 1024,       # users per scoring batch
-        "filter_seen": True,
-        "retrieval": "torch",     # torch | faiss-flat | faiss-ivf | faiss-hnsw
-        "retrieval_params": {},
-        "recall_sample": 1000,    # users sampled to report an approximate backend's recall vs exact
-    },
-}
-SECTIONS = tuple(DEFAULTS)
-OPEN_SECTIONS = ("model", "loss")
+PosInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+PosFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Bool = Annotated[bool, Field(strict=True)]
+
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICES = ("auto", "cpu", "cuda", "cuda:0", "mps")
+
+# (section, key, new key, only for these names or None): an old name is refused, naming the new one
+RENAMED: list[tuple[str, str, str, set[str] | None]] = [
+    ("train", "max_time", "max_time_s", None),
+    ("model", "n_layers", "n_blocks", {"gru4rec"}),
+    ("eval.retrieval_params", "block_mb", "memory_budget_mb", {"torch"}),
+    ("eval.retrieval_params", "chunk", "chunk_size", {"torch"}),
+]
 
 
-class Section(dict):
-    """A dict with attribute access (``cfg.train.lr``)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(dict(self))
+        return self.model_dump()
+
+
+class DataConfig(_Section):
+    dataset: str = "synthetic"   # name (card in datasets/), prepared dir, or file path
+    data_dir: str | None = None  # where named datasets live (env SEQREC_DATA, else a user cache dir)
+    format: str | None = None    # reader for a file path (see `seqrec data --help`)
+    split: Literal["leave_one_out", "global_temporal"] | None = None  # None: the card's default
+    # card preprocessing overrides (min_rating, dedup, min_user, min_item), reader options
+    # (user_col, item_col, time_col, sep), synthetic generator params
+    options: dict[str, Any] = {}
+
+
+class TrainConfig(_Section):
+    batch_size: PosInt = 128                  # sequences per step
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: PosFloat = 1e-3
+    betas: tuple[NonNegFloat, NonNegFloat] = (0.9, 0.98)
+    weight_decay: NonNegFloat = 0.0
+    grad_clip: PosFloat | None = None          # max gradient norm
+    epochs: PosInt = 200
+    patience: PosInt = 10                      # epochs without validation NDCG@10 gain before stopping
+    group_by_length: Bool = True               # batches of similar-length sequences, loss weighted by tokens
+    window_stride: PosInt | None = None        # sliding windows over histories longer than max_len
+    autocast: Literal["bf16", "fp16"] | None = None  # fp16 on CUDA only
+    seed: NonNegInt = 0
+    max_time_s: PosFloat | None = None         # wall-clock budget for training, seconds
+    device: str = "auto"                       # auto | cpu | cuda | cuda:N | mps
+    num_threads: PosInt | None = None          # torch intra-op threads on CPU (None: torch default)
+    checkpoint_every_s: PosFloat | None = 30.0  # mid-epoch checkpoint period (None: epoch ends only)
+    checkpoint_every_steps: PosInt | None = None
+    nan_policy: Literal["stop", "skip"] = "stop"  # skip: drop the step, at most max_nan_skips times
+    max_nan_skips: NonNegInt = 10
+    valid_users: PosInt | None = None          # validate on a seeded random subset of this many users
+
+    @pydantic.field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE.match(v):
+            hint = " (did you mean 'cuda'?)" if v.lower() in ("gpu", "nvidia") else did_you_mean(v, DEVICES)
+            raise ValueError(f"{v!r} is not a device{hint}; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.model_dump(), "betas": list(self.betas)}
+
+
+class EvalConfig(_Section):
+    ks: list[PosInt] = [1, 5, 10, 20, 50]
+    batch_size: PosInt = 1024                  # users per scoring batch
+    filter_seen: Bool = True
+    retrieval: str = "torch"                   # a retrieval backend (seqrec.registry.RETRIEVERS)
+    retrieval_params: dict[str, Any] = {}
+    recall_sample: NonNegInt = 1000            # users sampled to report an approximate backend's recall
+
+    @pydantic.field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if 10 not in v:
+            raise ValueError("must contain 10 (early stopping uses validation NDCG@10)")
+        return v
+
+
+class NamedConfig(BaseModel):
+    """``name`` of a registered class plus its constructor parameters (extra keys)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+class Config(BaseModel):
+    """The resolved configuration. Build it with ``Config.from_tree`` / ``load_config``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: NamedConfig = Field(default_factory=lambda: NamedConfig(name="sasrec"))
+    loss: NamedConfig = Field(default_factory=lambda: NamedConfig(name="ce"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @pydantic.model_validator(mode="after")
+    def _registered(self) -> Config:
+        for sec, registry in (("model", MODELS), ("loss", LOSSES)):
+            named: NamedConfig = getattr(self, sec)
+            registry.check_name(named.name, where=f"{sec}.name")
+            for key, value in registry.check_params(named.name, named.params, where=sec).items():
+                setattr(named, key, value)
+            _probe(registry, named)
+        e = self.eval
+        RETRIEVERS.check_name(e.retrieval, where="eval.retrieval")
+        e.retrieval_params = RETRIEVERS.check_params(e.retrieval, e.retrieval_params, where="eval.retrieval_params")
+        return self
+
+    @classmethod
+    def from_tree(cls, tree: dict[str, Any] | None = None) -> Config:
+        """Defaults, updated by ``tree`` (section -> key -> value); raises ConfigError (one line)."""
+        merged = merge(DEFAULT_TREE, tree or {})
+        try:
+            return cls.model_validate(merged)
+        except pydantic.ValidationError as e:
+            raise ConfigError(describe_error(e, "")) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {sec: getattr(self, sec).to_dict() for sec in SECTIONS}
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Config:
+        """A new Config with ``KEY=VALUE`` strings (or a ``{"train.lr": 1e-3}`` dict) applied."""
+        tree = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+        for key, value in items:
+            set_dotted(tree, key, value)
+        return Config.from_tree(tree)
+
+
+def _probe(registry: Any, named: NamedConfig) -> None:
+    """Run the constructor's own value checks now (a model on the meta device: no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        registry.build(named.name, *((2,) if registry is MODELS else ()), **named.params)
+
+
+SECTIONS = ("data", "model", "loss", "train", "eval")
+FIXED: dict[str, type[_Section]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+DEFAULT_TREE: dict[str, Any] = {sec: (FIXED[sec]().to_dict() if sec in FIXED else {"name": n})
+                                for sec, n in (("data", ""), ("model", "sasrec"), ("loss", "ce"),
+                                               ("train", ""), ("eval", ""))}
+
+
+def merge(base: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated section by section with ``tree``; unknown sections/keys and renamed keys are
+    refused; naming another model/loss drops the old one's parameters."""
+    import copy
+
+    merged = copy.deepcopy(base)
+    for sec, values in _fix_numbers(tree).items():
+        if sec not in SECTIONS:
+            raise ConfigError(f"unknown config section {sec!r}{did_you_mean(sec, SECTIONS)}; "
+                              f"sections: {', '.join(SECTIONS)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {sec!r} must be a mapping, got {type(values).__name__}")
+        if sec in FIXED:
+            fields = list(FIXED[sec].model_fields)
+            for key in values:
+                _check_renamed(sec, key, None)
+                if key not in fields:
+                    raise ConfigError(f"unknown key {sec}.{key}{did_you_mean(key, fields)}")
+        elif "name" in values and values["name"] != merged[sec].get("name"):
+            merged[sec] = {}
+        merged[sec].update(values)
+    for sec in ("model", "loss"):
+        for key in merged[sec]:
+            _check_renamed(sec, key, merged[sec].get("name"))
+    for key in merged["eval"].get("retrieval_params") or {}:
+        _check_renamed("eval.retrieval_params", key, merged["eval"].get("retrieval"))
+    return merged
+
+
+def _check_renamed(section: str, key: str, name: Any) -> None:
+    for sec, old, new, names in RENAMED:
+        if sec == section and key == old and (names is None or name in names):
+            raise ConfigError(f"{sec}.{old} was renamed to {sec}.{new}")
 
 
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -95,111 +233,35 @@ def _fix_numbers(x: Any, depth: int = 0) -> Any:
     return x
 
 
-class Config:
-    """The resolved configuration: one ``Section`` per name in ``SECTIONS``."""
-
-    def __init__(self, tree: dict[str, Any] | None = None) -> None:
-        merged = copy.deepcopy(DEFAULTS)
-        for sec, values in _fix_numbers(tree or {}).items():
-            if sec not in DEFAULTS:
-                raise ConfigError(f"unknown config section {sec!r}{_hint(sec, SECTIONS)}; "
-                                  f"sections: {', '.join(SECTIONS)}")
-            if values is None:
-                continue
-            if not isinstance(values, dict):
-                raise ConfigError(f"config section {sec!r} must be a mapping, got {type(values).__name__}")
-            if sec in OPEN_SECTIONS and "name" in values and values["name"] != merged[sec]["name"]:
-                merged[sec] = {"name": values["name"]}  # another model/loss: drop the old one's params
-            for key, v in values.items():
-                if sec not in OPEN_SECTIONS and key not in DEFAULTS[sec]:
-                    raise ConfigError(f"unknown key {sec}.{key}{_hint(key, DEFAULTS[sec])}")
-                merged[sec][key] = v
-        for sec in SECTIONS:
-            setattr(self, sec, Section(merged[sec]))
-        self.validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {sec: getattr(self, sec).to_dict() for sec in SECTIONS}
-
-    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Config:
-        tree = self.to_dict()
-        items = overrides.items() if isinstance(overrides, dict) else map(_parse_override, overrides)
-        for key, value in items:
-            _set_dotted(tree, key, value)
-        return Config(tree)
-
-    def validate(self) -> None:
-        from seqrec.losses.base import LOSSES, build_loss
-        from seqrec.models import MODELS
-
-        for sec in OPEN_SECTIONS:
-            if not isinstance(getattr(self, sec).get("name"), str):
-                raise ConfigError(f"{sec}.name must be a name (a string), got {getattr(self, sec).get('name')!r}")
-        _check_params("model", self.model, MODELS)
-        build_loss(self.loss.name)  # imports the registry; raises on unknown names
-        _check_params("loss", self.loss, LOSSES)
-        t = self.train
-        for key in ("batch_size", "epochs"):
-            if not isinstance(t[key], int) or t[key] < 1:
-                raise ConfigError(f"train.{key} must be a positive integer, got {t[key]!r}")
-        if not isinstance(t.lr, (int, float)) or isinstance(t.lr, bool) or not math.isfinite(t.lr) or t.lr <= 0:
-            raise ConfigError(f"train.lr must be a positive number, got {t.lr!r}")
-        if t.optimizer not in ("adam", "adamw"):
-            raise ConfigError(f"train.optimizer must be adam or adamw, got {t.optimizer!r}")
-        if t.autocast not in (None, "bf16", "fp16"):
-            raise ConfigError(f"train.autocast must be null, bf16 or fp16, got {t.autocast!r}")
-        if t.nan_policy not in ("stop", "skip"):
-            raise ConfigError(f"train.nan_policy must be stop or skip, got {t.nan_policy!r}")
-        if not isinstance(self.eval.ks, list) or not all(isinstance(k, int) and k > 0 for k in self.eval.ks):
-            raise ConfigError(f"eval.ks must be a list of positive integers, got {self.eval.ks!r}")
-        if 10 not in self.eval.ks:
-            raise ConfigError("eval.ks must contain 10 (early stopping uses validation NDCG@10)")
-
-
-def _check_params(section: str, values: Section, registry: dict[str, Any]) -> None:
-    name = values.get("name")
-    if name not in registry:
-        raise ConfigError(f"unknown {section} {name!r}{_hint(str(name), registry)}; "
-                          f"known: {', '.join(sorted(registry))}")
-    sig = inspect.signature(registry[name].__init__)
-    accepted = [p for p in sig.parameters if p not in ("self", "n_items")]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    for key in values:
-        if key != "name" and key not in accepted:
-            raise ConfigError(f"unknown key {section}.{key} for {section} {name!r}{_hint(key, accepted)}; "
-                              f"valid: {', '.join(accepted)}")
-
-
-def _hint(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=1e-3"`` -> ("train.lr", 0.001): the one ``KEY=VALUE`` grammar of every command
+    (the value is read as YAML: numbers, true/false, null, [lists], {maps}; else a string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r} must look like section.key=value (e.g. train.lr=1e-3)")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    return key, _fix_numbers(value)
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key = "a.b.c"`` (the section must exist)."""
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"override key {key!r} must look like section.key (e.g. train.lr)")
-    if parts[0] not in DEFAULTS:
-        raise ConfigError(f"unknown config section {parts[0]!r}{_hint(parts[0], SECTIONS)}")
+    if parts[0] not in SECTIONS:
+        raise ConfigError(f"unknown config section {parts[0]!r}{did_you_mean(parts[0], SECTIONS)}; "
+                          f"sections: {', '.join(SECTIONS)}")
     node = tree
     for p in parts[:-1]:
         nxt = node.setdefault(p, {})
         if not isinstance(nxt, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
         node = nxt
-    if parts[0] in OPEN_SECTIONS and parts[1] == "name" and len(parts) == 2 and node.get("name") != value:
+    if parts[0] in ("model", "loss") and parts[1:] == ["name"] and node.get("name") != value:
         node.clear()  # a new model/loss: the old one's parameters do not apply
     node[parts[-1]] = value
 
@@ -226,21 +288,27 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def load_config(name_or_path: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Load a packaged config by name (``sasrec-ml-1m-ce``) or a YAML file, then apply overrides.
+def load_config(name_or_path: str | Path | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """A packaged config by name (``sasrec-ml-1m-ce``) or a YAML file, then ``overrides``.
 
     ``None`` gives the package's ``default`` config (SASRec on the synthetic default data).
     """
-    name_or_path = name_or_path or "default"
+    name_or_path = str(name_or_path or "default")
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         packaged = resources.files("seqrec") / "configs" / f"{name_or_path}.yaml"
         if not packaged.is_file():
             names = packaged_configs()
             raise ConfigError(f"no config file or packaged config named {name_or_path!r}"
-                              f"{_hint(name_or_path, names)}; packaged: {', '.join(names)}")
+                              f"{did_you_mean(name_or_path, names)}; packaged: {', '.join(names)}")
         path = Path(str(packaged))
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    cfg = Config(read_yaml(path))
-    return cfg.with_overrides(overrides) if overrides else cfg
+    tree = read_yaml(path)
+    if overrides:  # applied to the tree, so an override may fix what the file alone gets wrong
+        tree = merge(DEFAULT_TREE, tree)
+        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+        for key, value in items:
+            set_dotted(tree, key, value)
+    return Config.from_tree(tree)

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
-
-from seqrec.errors import ConfigError
-
 F32 = 4
 
 
@@ -76,58 +72,3 @@ def _catalog(cfg: Any) -> int:
     data = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, fmt=cfg.data.format,
                         split=cfg.data.split, **(cfg.data.options or {}))
     return data.n_items
-
-
-@click.command("plan")
-@click.option("--config", "config", default=None, help="Packaged config name or YAML file.")
-@click.option("--dataset", default=None, help="Dataset name or path (to read the catalog size).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
-@click.option("--catalog", type=int, default=None, help="Catalog size C (skips loading the dataset).")
-@click.option("--tokens", type=int, default=None, help="Loss positions per step (default batch x max_len).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Config override, e.g. train.batch_size=256.")
-@click.option("--loss", "loss_name", default=None, help="Loss to plan for (default: the config's).")
-def plan(config: str | None, dataset: str | None, data_dir: str | None, catalog: int | None,
-         tokens: int | None, overrides: tuple[str, ...], loss_name: str | None) -> None:
-    """Predicted peak memory of one training step, per component and for every loss."""
-    from seqrec.config import load_config
-    from seqrec.losses import LOSSES
-
-    # --loss first: switching loss.name drops the old loss's parameters, not the --set ones
-    ov = [f"loss.name={loss_name}"] if loss_name else []
-    if dataset:
-        ov.append(f"data.dataset={dataset}")
-    if data_dir:
-        ov.append(f"data.data_dir={data_dir}")
-    ov += list(overrides)
-    cfg = load_config(config, ov)
-    if catalog is None:
-        catalog = _catalog(cfg)
-    if catalog < 1 or (tokens is not None and tokens < 1):
-        raise ConfigError("--catalog and --tokens must be positive")
-    m, b = cfg.model, cfg.train.batch_size
-    for key in ("d", "n_blocks", "n_heads", "max_len"):
-        if key not in m:
-            raise ConfigError(f"model.{key} is not set for model {m.name!r}; seqrec plan models transformers")
-    loss_params = {k: v for k, v in cfg.loss.to_dict().items() if k != "name"}
-    shape = dict(n_items=catalog, batch_size=b, max_len=m.max_len, d=m.d, n_blocks=m.n_blocks,
-                 n_heads=m.n_heads, tokens=tokens, model=m.name)
-    mem = predict_memory(loss_name=cfg.loss.name, loss_params=loss_params, **shape)
-    n = tokens or b * m.max_len
-    click.echo(f"{m.name}: C={catalog:,} items, batch {b} x max_len {m.max_len} (N={n:,} loss positions), "
-               f"d={m.d}, {m.n_blocks} blocks, {m.n_heads} heads; loss {cfg.loss.name} {loss_params or ''}")
-    click.echo("\n| component | predicted peak |\n|---|---|")
-    for k, v in mem.items():
-        click.echo(f"| {k} | {_fmt(v)} |")
-    click.echo("\n| loss | loss step | total step |\n|---|---|---|")
-    for name in sorted(LOSSES):
-        params = loss_params if name == cfg.loss.name else {}
-        try:
-            row = predict_memory(loss_name=name, loss_params=params, **shape)
-        except NotImplementedError:
-            click.echo(f"| {name} | (no prediction) | |")
-            continue
-        click.echo(f"| {name}{' (configured)' if name == cfg.loss.name else ''} | {_fmt(row['loss'])} | "
-                   f"{_fmt(row['total'])} |")
-    click.echo("\nLosses with default parameters except the configured one; measured against "
-               "`seqrec bench losses` (see docs/losses.md).")

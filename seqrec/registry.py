@@ -19,6 +19,7 @@ import difflib
 import importlib
 import inspect
 import os
+import re
 import typing
 from collections.abc import Iterable
 from importlib import metadata
@@ -44,10 +45,15 @@ def describe_error(e: pydantic.ValidationError, prefix: str) -> str:
     """The first error of a pydantic validation as one line: ``prefix.key: message, got value``."""
     err = e.errors()[0]
     loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-    msg = err["msg"][0].lower() + err["msg"][1:]
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc}"
-    return f"{loc}: {msg}, got {err.get('input')!r}" if "input" in err else f"{loc}: {msg}"
+    if err["type"] == "value_error":  # our own validators' messages are complete sentences
+        return f"{loc}: {err['ctx']['error']}"
+    msg = err["msg"][0].lower() + err["msg"][1:]
+    got = f", got {err['input']!r}" if "input" in err else ""
+    if err["type"] == "literal_error":
+        got += did_you_mean(err.get("input"), re.findall(r"'([^']*)'", err["ctx"]["expected"]))
+    return f"{loc}: {msg}{got}"
 
 
 class Registry:

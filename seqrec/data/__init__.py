@@ -28,7 +28,9 @@ __all__ = [
     "PreparedData",
     "Preprocessing",
     "SequenceStore",
+    "check_spec",
     "load_dataset",
+    "load_frame",
     "load_interactions",
     "save_prepared",
     "DataError",
@@ -168,3 +170,36 @@ def save_prepared(data: PreparedData, out: str | os.PathLike) -> Path:
     from seqrec.data.prepared import save_prepared as _save
 
     return _save(data, out)
+
+
+def check_spec(spec: str | os.PathLike, fmt: str | None = None) -> None:
+    """Refuse (one line, with a did-you-mean) a dataset that is neither an existing path nor a known
+    name, before anything is read: the cheap part of ``load_dataset``'s resolution."""
+    from seqrec.data import cards
+    from seqrec.registry import did_you_mean
+
+    path = Path(spec)
+    if path.exists():
+        return
+    name = str(spec).split(":", 1)[0]
+    if name in cards.all_cards():
+        return
+    if os.sep in str(spec) or path.suffix or fmt is not None:
+        raise DataError(f"{spec}: no such file")
+    raise DataError(f"unknown dataset {str(spec)!r}{did_you_mean(name, cards.all_cards())}: not a file, a prepared "
+                    f"directory or a dataset name (known: {', '.join(sorted(cards.all_cards()))})")
+
+
+def load_frame(frame: Any, split: str | None = None, **options: Any) -> PreparedData:
+    """A DataFrame of interactions (polars or pandas; columns user, item[, timestamp][, rating]) ->
+    PreparedData, through the same reader, preprocessing and split as a Parquet file."""
+    import tempfile
+
+    import polars as pl
+
+    if not isinstance(frame, pl.DataFrame):
+        frame = pl.from_pandas(frame)
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "interactions.parquet"
+        frame.write_parquet(f)
+        return load_dataset(str(f), fmt="parquet", split=split, **options)

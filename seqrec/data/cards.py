@@ -44,10 +44,12 @@ def all_cards() -> dict[str, dict[str, Any]]:
 
 
 def get_card(name: str) -> dict[str, Any]:
+    from seqrec.registry import did_you_mean
+
     cards = all_cards()
     if name not in cards:
         raise DataError(
-            f"unknown dataset {name!r}: not a file, a prepared directory or a dataset name "
+            f"unknown dataset {name!r}{did_you_mean(name, cards)}: not a file, a prepared directory or a dataset name "
             f"(known: {', '.join(sorted(cards))})"
         )
     return cards[name]

@@ -7,6 +7,9 @@ are judged by the ratio's confidence interval, not by the third decimal of one r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 
@@ -64,3 +67,35 @@ def compare_ranks(base: np.ndarray, other: np.ndarray, metrics: list[str] | tupl
                     "diff": float(d.mean()), "diff_lo": float(np.percentile(diff, q[0])),
                     "diff_hi": float(np.percentile(diff, q[1])), "p_value": p, "users": m})
     return out
+
+
+def compare_models(base: Any, others: list[tuple[str, Any]], ranks: Callable[[Any, int], np.ndarray],
+                   identity: Callable[[Any], tuple[Any, np.ndarray]], metrics: tuple[str, ...],
+                   resamples: int, level: float, seed: int) -> list[dict[str, float | str]]:
+    """``compare_ranks`` of each named model in ``others`` against ``base``, one record per
+    (model, metric) with ``run`` = its name. ``ranks(model, k)`` gives its 0-based target ranks [M];
+    ``identity(model)`` its (data fingerprint, evaluated targets [M]), which must equal base's: a
+    paired comparison needs the same users. Raises SeqrecError (one line) on bad input."""
+    from seqrec.errors import SeqrecError
+
+    if not metrics:
+        raise SeqrecError("compare needs at least one metric")
+    for m in metrics:
+        try:
+            per_user(np.zeros(1, dtype=np.int64), m)
+        except ValueError as e:
+            raise SeqrecError(str(e)) from None
+    k = max(int(m.partition("@")[2]) for m in metrics)
+    fp, targets = identity(base)
+    base_ranks = ranks(base, k)
+    rows: list[dict[str, float | str]] = []
+    for name, other in others:
+        other_fp, other_targets = identity(other)
+        if other_fp != fp or not np.array_equal(other_targets, targets):
+            raise SeqrecError(f"model {name} was fitted on other data: a paired comparison needs the same users")
+        try:
+            recs = compare_ranks(base_ranks, ranks(other, k), metrics, resamples, level, seed)
+        except ValueError as e:
+            raise SeqrecError(str(e)) from None
+        rows += [{"run": name, **r} for r in recs]
+    return rows

@@ -1,13 +1,16 @@
-"""The ``seqrec`` command. Sub-commands live next to the code they drive and are imported only
-when used (so ``seqrec --help`` and ``seqrec data stats`` don't pay for torch/faiss imports):
+"""The ``seqrec`` command: one module per verb group, imported only when used (so ``seqrec --help``
+and ``seqrec data stats`` don't pay for torch/faiss imports):
 
-- ``seqrec data …``  -> seqrec/data/cli.py
-- ``seqrec fit / evaluate / compare / recommend`` -> seqrec/commands.py
-- ``seqrec bench …`` -> seqrec/bench/{data,losses,quality,retrieval}.py
-- ``seqrec index …`` -> seqrec/retrieval/cli.py
-- ``seqrec plan``    -> seqrec/plan.py
+- ``seqrec fit``                    -> seqrec/cli/fit.py
+- ``seqrec evaluate / compare``     -> seqrec/cli/evaluate.py
+- ``seqrec recommend``              -> seqrec/cli/recommend.py
+- ``seqrec data …``                 -> seqrec/cli/data.py
+- ``seqrec index …``                -> seqrec/cli/index.py
+- ``seqrec plan``                   -> seqrec/cli/plan.py
+- ``seqrec bench …``                -> seqrec/cli/bench.py
 
-User-facing errors (``SeqrecError``) and OS errors print one line on stderr and exit 2.
+Nothing below this package imports it. User-facing errors (``SeqrecError``) and OS errors print one
+line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -37,21 +40,30 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+VERBS = {"fit": "fit:fit", "evaluate": "evaluate:evaluate", "compare": "evaluate:compare",
+         "recommend": "recommend:recommend", "data": "data:data", "index": "index:index",
+         "plan": "plan:plan", "bench": "bench:bench"}
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             lazy={"fit": "seqrec.commands:fit", "evaluate": "seqrec.commands:evaluate",
-                   "recommend": "seqrec.commands:recommend",
-                   "compare": "seqrec.commands:compare", "data": "seqrec.data.cli:data",
-                   "bench": "seqrec.bench.cli:bench", "index": "seqrec.retrieval.cli:index",
-                   "plan": "seqrec.plan:plan"})
+             lazy={verb: f"seqrec.cli.{target}" for verb, target in VERBS.items()})
 @click.version_option(__version__, prog_name="seqrec")
 def cli() -> None:
     """Train, evaluate and serve transformer sequential recommenders."""
+
+
+def one_line(text: str) -> str:
+    """The first line of ``text`` (error messages stay one line, never cut mid-word)."""
+    return str(text).strip().splitlines()[0] if str(text).strip() else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     from seqrec.errors import SeqrecError
 
     try:
+        from seqrec.registry import load_plugins
+
+        load_plugins()  # $SEQREC_PLUGINS; --plugin options load theirs while parsing
         rv = cli.main(args=argv, prog_name="seqrec", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -62,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         e.show()
         return 2
     except SeqrecError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {one_line(e)}", err=True)
         return 2
     except (OSError, UnicodeDecodeError, MemoryError) as e:
-        click.echo(f"error: {type(e).__name__}: {e}".splitlines()[0], err=True)
+        click.echo(f"error: {one_line(f'{type(e).__name__}: {e}')}", err=True)
         return 2
     return rv if isinstance(rv, int) else 0
 

@@ -1,0 +1,126 @@
+"""``seqrec fit``: validate everything, then create the run directory, train, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from seqrec.cli.options import overrides, plugin_option, set_option
+from seqrec.errors import SeqrecError
+
+# what may change when a run is resumed: its budget and where it runs, never what it computes
+RESUME_KEYS = ("train.epochs", "train.max_time_s", "train.patience", "train.num_threads",
+               "train.checkpoint_every_s", "train.checkpoint_every_steps", "train.device")
+
+
+def metrics_table(rows: dict[str, dict[str, float]], ks: list[int]) -> str:
+    """Rows of metrics (hr/ndcg/mrr/coverage@k for ``ks``) as an aligned text table."""
+    names = ["hr", "ndcg", "mrr", "coverage"]
+    cols = [f"{n}@{k}" for n in names for k in ks if f"{n}@{k}" in next(iter(rows.values()))]
+    width = max(len(r) for r in rows) + 2
+    head = " " * width + "".join(f"{c:>12}" for c in cols)
+    lines = [head] + [f"{r:<{width}}" + "".join(f"{v.get(c, float('nan')):>12.4f}" for c in cols)
+                      for r, v in rows.items()]
+    return "\n".join(lines)
+
+
+def _help_names(kind: str) -> str:
+    from seqrec.registry import LOSSES, MODELS
+
+    return ", ".join((MODELS if kind == "model" else LOSSES).names())
+
+
+@click.command()
+@click.option("--config", "config", default=None, help="Packaged config name (e.g. sasrec-ml-1m-ce) or YAML file.")
+@click.option("--dataset", default=None, help="Dataset name, prepared directory or file path.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
+@click.option("--format", "fmt", default=None, help="Reader for a file path (see `seqrec data --help`).")
+@click.option("--model", default=None, help=f"Model: {_help_names('model')} (or a plug-in's).")
+@click.option("--loss", default=None, help=f"Objective: {_help_names('loss')} (or a plug-in's).")
+@set_option()
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N | mps (= --set train.device=...).")
+@click.option("--out", "out", default=None, type=click.Path(), help="Run dir (default runs/MODEL-LOSS-DATA-TIME).")
+@click.option("--resume", "resume", default=None, type=click.Path(), help="Continue the run in this directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--baseline/--no-baseline", default=True, help="Also report the most-popular baseline.")
+@plugin_option
+def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, baseline) -> int:
+    """Train a model, evaluate it on validation and test, and save the run.
+
+    With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
+    """
+    from seqrec.api import preflight
+    from seqrec.rundir import RunDir
+
+    flags = {"data.dataset": dataset, "data.data_dir": data_dir, "data.format": fmt, "model.name": model,
+             "loss.name": loss, "train.device": device}
+    ov = {k: v for k, v in flags.items() if v is not None} | overrides(sets)
+    if resume:
+        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or overwrite:
+            raise SeqrecError("--resume continues a run with its saved config; only --device and --set "
+                              f"{'/'.join(k for k in RESUME_KEYS if k != 'train.device')} may change")
+        run = RunDir(resume)
+        cfg = _resume_config(run, ov)
+        if cfg is None:
+            return 0
+        preflight(cfg, check_data=False)
+        with run.lock():
+            return _train(cfg, run, True, baseline)
+    from seqrec.config import load_config
+
+    cfg = load_config(config, ov)
+    preflight(cfg)
+    run = RunDir(out or Path("runs") / (f"{cfg.model.name}-{cfg.loss.name}-{Path(cfg.data.dataset).stem}-"
+                                        f"{time.strftime('%Y%m%d-%H%M%S')}"))
+    with run.create(overwrite):
+        return _train(cfg, run, False, baseline)
+
+
+def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
+    """The saved config with the allowed budget changes, or None when the run is finished."""
+    from seqrec.config import Config
+
+    if not run.is_run():
+        raise SeqrecError(f"--resume {run.path}: no config.yaml there (not a seqrec run directory)")
+    bad = [k for k in ov if k not in RESUME_KEYS]
+    if bad:
+        raise SeqrecError(f"--resume: {bad[0]} cannot change when a run is resumed; only --device and --set "
+                          f"{'/'.join(k for k in RESUME_KEYS if k != 'train.device')} may change")
+    if run.results.exists() and not any(k != "train.device" for k in ov):
+        click.echo(f"run {run.path} is already finished (extend it with --set train.epochs=... or "
+                   "train.max_time_s=...)")
+        click.echo(metrics_table(json.loads(run.results.read_text()), [10, 20, 50]))
+        return None
+    cfg = Config.from_tree(run.read_config())
+    return cfg.with_overrides(ov) if ov else cfg
+
+
+def _train(cfg: Any, run: Any, resume: bool, baseline: bool) -> int:
+    from seqrec.api import SeqRec
+    from seqrec.training import SignalStop, TrainingInterrupted
+
+    rec = SeqRec(config=cfg)
+    try:
+        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True), callbacks=[SignalStop()])
+    except TrainingInterrupted as e:
+        click.echo(f"interrupted: checkpoint saved in {run.checkpoints}; resume with: seqrec fit --resume "
+                   f"{run.path}", err=True)
+        return 128 + e.signum
+    results = {split: rec.evaluate(split=split, metrics_only=True) for split in ("valid", "test")}
+    run.write_json(run.results.name, results)
+    name = cfg.model.name
+    rows = {f"{name} valid": results["valid"], f"{name} test": results["test"]}
+    if baseline and name != "pop":
+        pop = SeqRec.from_config({**rec.get_config(), "model": {"name": "pop"}})
+        pop.fit(rec.data_, log=lambda s: None)
+        rows["pop test"] = pop.evaluate(split="test", metrics_only=True)
+        run.write_json(run.baseline.name, {"test": rows["pop test"]})
+    click.echo(metrics_table(rows, [k for k in cfg.eval.ks if k in (10, 20, 50)] or cfg.eval.ks))
+    info = rec.fit_info_
+    click.echo(f"best epoch {info.get('best_epoch')} of {info.get('epochs')}, {info.get('wall_s', 0):.1f}s training; "
+               f"run saved in {run.path}")
+    return 0
