@@ -25,16 +25,6 @@ from seqrec.errors import ConfigError, SeqrecError
 from seqrec.rundir import RunDir
 
 
-def preflight(cfg: Config, check_data: bool = True) -> None:
-    """What can be checked before any data loads: the device exists, the dataset can be found."""
-    from seqrec.data import check_spec
-    from seqrec.training import resolve_device
-
-    resolve_device(cfg.train.device)
-    if check_data:
-        check_spec(cfg.data.dataset, cfg.data.format)
-
-
 class SeqRec:
     """A sequential recommender: model + training objective + training/evaluation settings.
 

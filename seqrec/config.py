@@ -61,7 +61,7 @@ class TrainConfig(_Section):
     batch_size: PosInt = 128                  # sequences per step
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: PosFloat = 1e-3
-    betas: tuple[NonNegFloat, NonNegFloat] = (0.9, 0.98)
+    betas: Annotated[list[NonNegFloat], Field(min_length=2, max_length=2)] = [0.9, 0.98]
     weight_decay: NonNegFloat = 0.0
     grad_clip: PosFloat | None = None          # max gradient norm
     epochs: PosInt = 200
@@ -86,9 +86,6 @@ class TrainConfig(_Section):
             hint = " (did you mean 'cuda'?)" if v.lower() in ("gpu", "nvidia") else did_you_mean(v, DEVICES)
             raise ValueError(f"{v!r} is not a device{hint}; use auto, cpu, cuda, cuda:N or mps")
         return v
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.model_dump(), "betas": list(self.betas)}
 
 
 class EvalConfig(_Section):
@@ -133,15 +130,16 @@ class Config(BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _registered(self) -> Config:
-        for sec, registry in (("model", MODELS), ("loss", LOSSES)):
-            named: NamedConfig = getattr(self, sec)
-            registry.check_name(named.name, where=f"{sec}.name")
-            for key, value in registry.check_params(named.name, named.params, where=sec).items():
-                setattr(named, key, value)
-            _probe(registry, named)
         e = self.eval
+        named = (("model", MODELS, self.model), ("loss", LOSSES, self.loss))
+        for sec, registry, section in named:  # every name first: a typo costs no import
+            registry.check_name(section.name, where=f"{sec}.name")
         RETRIEVERS.check_name(e.retrieval, where="eval.retrieval")
         e.retrieval_params = RETRIEVERS.check_params(e.retrieval, e.retrieval_params, where="eval.retrieval_params")
+        for sec, registry, section in named:
+            for key, value in registry.check_params(section.name, section.params, where=sec).items():
+                setattr(section, key, value)
+            _probe(registry, section)
         return self
 
     @classmethod
@@ -288,12 +286,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def load_config(name_or_path: str | Path | None = None,
-                overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """A packaged config by name (``sasrec-ml-1m-ce``) or a YAML file, then ``overrides``.
-
-    ``None`` gives the package's ``default`` config (SASRec on the synthetic default data).
-    """
+def load_tree(name_or_path: str | Path | None = None,
+              overrides: list[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """The configuration tree of a packaged config (by name) or a YAML file with ``overrides`` applied,
+    unknown and renamed keys refused, values not yet validated (``Config.from_tree`` does that)."""
     name_or_path = str(name_or_path or "default")
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
@@ -305,10 +301,17 @@ def load_config(name_or_path: str | Path | None = None,
         path = Path(str(packaged))
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    tree = read_yaml(path)
-    if overrides:  # applied to the tree, so an override may fix what the file alone gets wrong
-        tree = merge(DEFAULT_TREE, tree)
-        items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
-        for key, value in items:
-            set_dotted(tree, key, value)
-    return Config.from_tree(tree)
+    tree = merge(DEFAULT_TREE, read_yaml(path))
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:  # applied to the tree, so an override may fix what the file alone gets wrong
+        set_dotted(tree, key, value)
+    return merge(DEFAULT_TREE, tree)
+
+
+def load_config(name_or_path: str | Path | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """A packaged config by name (``sasrec-ml-1m-ce``) or a YAML file, then ``overrides`` -> Config.
+
+    ``None`` gives the package's ``default`` config (SASRec on the synthetic default data).
+    """
+    return Config.from_tree(load_tree(name_or_path, overrides))

@@ -106,3 +106,56 @@ def test_version_and_help():
     r = _cli("--help")
     for cmd in ("fit", "evaluate", "recommend", "data", "bench"):
         assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--set", "eval.retrieval=faiss-ivff"], "did you mean 'faiss-ivf'"),
+    (["--device", "gpu"], "did you mean 'cuda'"),
+    (["--device", "cdua"], "did you mean 'cuda'"),
+    (["--set", "train.device=cdua"], "did you mean 'cuda'"),
+    (["--set", "train.devise=cpu"], "did you mean 'device'"),
+    (["--loss", "sce_union"], "did you mean 'sce'"),
+    (["--model", "sasrek"], "did you mean 'sasrec'"),
+    (["--dataset", "synthetik"], "did you mean 'synthetic'"),
+    (["--dataset", "ml-1n"], "did you mean 'ml-1m'"),
+])
+def test_mistakes_refused_before_loading_and_leave_nothing(tmp_path, args, hint):
+    import time
+
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    r = _cli("fit", "--out", str(out), *args)
+    took = time.monotonic() - t0
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert hint in r.stderr
+    assert not out.exists()
+    assert took < 10, f"refusal took {took:.1f}s"  # the bar is 3 s; 10 leaves room on a busy CI box
+
+
+def test_cuda_asked_on_a_machine_without_it_leaves_nothing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for machines without it")
+    r = _cli("fit", "--out", str(tmp_path / "run"), "--device", "cuda")
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_failure_after_validation_leaves_no_directory(tmp_path):
+    bad = tmp_path / "interactions.csv"
+    bad.write_text("user,item\n1,2\n")  # too little data to train on
+    r = _cli("fit", "--out", str(tmp_path / "run"), "--dataset", str(bad), "--format", "csv", *FAST)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_command_help_lists_registry_names():
+    r = _cli("fit", "--help")
+    for name in ("sasrec", "bert4rec", "gru4rec", "ce_chunked", "sampled_softmax", "rece", "--plugin"):
+        assert name in r.stdout
+
+
+def test_old_backend_flag_names_the_new_one(run):
+    r = _cli("evaluate", str(run), "--backend", "torch")
+    assert r.returncode == 2 and "--backend was renamed to --retrieval" in r.stderr

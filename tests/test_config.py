@@ -1,9 +1,11 @@
 """Config tree: defaults, YAML round-trip, overrides, errors with did-you-mean hints."""
 
+import re
+
 import pytest
 import yaml
 
-from seqrec.config import Config, load_config, packaged_configs
+from seqrec.config import Config, load_config, packaged_configs, parse_override
 from seqrec.errors import ConfigError
 
 
@@ -32,7 +34,7 @@ def test_overrides_types_and_nesting():
 
 def test_switching_model_drops_old_params():
     cfg = load_config(None, ["model.name=gru4rec"])
-    assert "n_blocks" not in cfg.model
+    assert "n_blocks" not in cfg.model.params
 
 
 @pytest.mark.parametrize("override, hint", [
@@ -75,4 +77,59 @@ def test_yaml_is_never_executed(tmp_path):
 
 def test_config_rejects_unknown_section():
     with pytest.raises(ConfigError, match="unknown config section"):
-        Config({"optim": {}})
+        Config.from_tree({"optim": {}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.device=gpu", "did you mean 'cuda'"),
+    ("train.device=cdua", "did you mean 'cuda'"),
+    ("train.devise=cpu", "did you mean 'device'"),
+    ("eval.retrieval=faiss-ivff", "did you mean 'faiss-ivf'"),
+    ("train.nan_policy=skp", "did you mean 'skip'"),
+    ("loss.name=sce_union", "did you mean 'sce'"),
+    ("train.batch_size=true", "train.batch_size: input should be a valid integer"),
+    ("train.lr=.inf", "train.lr: input should be a finite number"),
+    ("eval.retrieval_params={nprobe: 3}", "unknown key eval.retrieval_params.nprobe for retrieval backend 'torch'"),
+    ("model.dropout=2", "model.dropout must be a number in"),
+])
+def test_every_key_is_typed_with_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, new", [
+    ("train.max_time=60", "train.max_time_s"),
+    ("eval.retrieval_params={block_mb: 8}", "eval.retrieval_params.memory_budget_mb"),
+    ("eval.retrieval_params={chunk: 8}", "eval.retrieval_params.chunk_size"),
+])
+def test_renamed_keys_name_the_new_key(override, new):
+    with pytest.raises(ConfigError, match=f"renamed to {re.escape(new)}$"):
+        load_config(None, [override])
+
+
+def test_gru_n_layers_names_n_blocks_but_other_models_may_use_it():
+    with pytest.raises(ConfigError, match="model.n_layers was renamed to model.n_blocks"):
+        load_config(None, ["model.name=gru4rec", "model.n_layers=2"])
+
+
+def test_one_override_grammar():
+    assert parse_override("train.lr=1e-3") == ("train.lr", 0.001)
+    assert parse_override("eval.ks=[1, 10]") == ("eval.ks", [1, 10])
+    assert parse_override("train.grad_clip=") == ("train.grad_clip", None)
+    assert parse_override("data.dataset=a=b") == ("data.dataset", "a=b")
+    for bad in ("train.lr", "=3"):
+        with pytest.raises(ConfigError, match="section.key=value"):
+            parse_override(bad)
+
+
+def test_typed_values_are_converted_once():
+    cfg = load_config(None, ["train.lr=1", "loss.name=gbce", "loss.t=1"])
+    assert isinstance(cfg.train.lr, float) and cfg.loss.t == 1.0 and isinstance(cfg.loss.t, float)
+
+
+def test_yaml_round_trip_is_identical_for_every_packaged_config():
+    for name in packaged_configs():
+        text = yaml.safe_dump(load_config(name).to_dict(), sort_keys=False)
+        again = yaml.safe_dump(Config.from_tree(yaml.safe_load(text)).to_dict(), sort_keys=False)
+        assert again == text

@@ -53,7 +53,6 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
     """
-    from seqrec.api import preflight
     from seqrec.rundir import RunDir
 
     flags = {"data.dataset": dataset, "data.data_dir": data_dir, "data.format": fmt, "model.name": model,
@@ -70,14 +69,29 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
         preflight(cfg, check_data=False)
         with run.lock():
             return _train(cfg, run, True, baseline)
-    from seqrec.config import load_config
+    from seqrec.config import Config, load_tree
+    from seqrec.data import check_spec
 
-    cfg = load_config(config, ov)
-    preflight(cfg)
+    tree = load_tree(config, ov)
+    if isinstance(tree["data"]["dataset"], str):  # before validation loads torch
+        check_spec(tree["data"]["dataset"], tree["data"]["format"])
+    cfg = Config.from_tree(tree)
+    preflight(cfg, check_data=False)
     run = RunDir(out or Path("runs") / (f"{cfg.model.name}-{cfg.loss.name}-{Path(cfg.data.dataset).stem}-"
                                         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     with run.create(overwrite):
         return _train(cfg, run, False, baseline)
+
+
+def preflight(cfg: Any, check_data: bool = True) -> None:
+    """What can be checked before any data loads: the dataset can be found, the device exists."""
+    from seqrec.data import check_spec
+
+    if check_data:
+        check_spec(cfg.data.dataset, cfg.data.format)
+    from seqrec.training import resolve_device  # torch loads only once the rest is known to be valid
+
+    resolve_device(cfg.train.device)
 
 
 def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
