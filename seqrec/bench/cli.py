@@ -152,7 +152,8 @@ def quality(dataset: str, data_dir: str | None, fmt: str | None, losses_: str, s
 @click.option("--queries", default=10000, show_default=True, type=click.IntRange(1))
 @click.option("--embeddings", default="clustered,gaussian", show_default=True,
               help="Embedding kinds: clustered, gaussian.")
-@click.option("--backends", default=",".join(RETRIEVERS.names()), show_default=True,
+@click.option("--backends", default=",".join(sorted(RETRIEVERS.names(), key=lambda n: n != "torch")),
+              show_default=True,
               help="Retrieval backends, comma-separated (exact torch is always run: it is the reference).")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--exact-queries", type=click.IntRange(1), default=None,

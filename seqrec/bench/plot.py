@@ -58,7 +58,7 @@ def data_figure(records: Records, target: dict[str, float]) -> Figure:
 
 def fidelity_figure(records: Records) -> Figure:
     """``bench fidelity``: cosine of dX and of dW with full CE's, per loss spec (1 = CE's direction)."""
-    labels = [f"{r['loss']}\n" + ",".join(f"{k}={v}" for k, v in r["params"].items()) for r in records]
+    labels = ["\n".join([r["loss"], *(f"{k}={v}" for k, v in r["params"].items())]) for r in records]
     return hbars(labels, [(f"cosine of {g} with CE's", [r[key] for r in records], 1.0, "CE")
                           for g, key in (("dX", "cos_dx"), ("dW", "cos_dw"))],
                  "Gradient fidelity to full CE")
