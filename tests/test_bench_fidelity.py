@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from seqrec.api import SeqRec
-from seqrec.bench.fidelity import command, parse_spec
+from seqrec.bench.cli import bench
+from seqrec.bench.fidelity import parse_spec
 from seqrec.errors import ConfigError
 
 
@@ -23,7 +24,7 @@ def test_fidelity_exact_losses_agree_and_sampled_do_not(tmp_path, tiny_overrides
     run = tmp_path / "run"
     SeqRec(overrides=tiny_overrides).fit(run_dir=run, log=lambda s: None)
     out = tmp_path / "fid"
-    res = CliRunner().invoke(command, ["--run", str(run), "--batches", "2", "--out", str(out),
+    res = CliRunner().invoke(bench, ["fidelity", "--run", str(run), "--batches", "2", "--out", str(out),
                                        "--loss", "ce_chunked:chunk_size=7",
                                        "--loss", "sce:n_buckets=1,bucket_size_x=100000,bucket_size_y=100000",
                                        "--loss", "bce"])
@@ -37,3 +38,4 @@ def test_fidelity_exact_losses_agree_and_sampled_do_not(tmp_path, tiny_overrides
     assert recs["sce"]["coverage"] == 1.0
     assert recs["bce"]["cos_dw"] < 0.99  # one negative per position is a different gradient
     assert (out / "table.md").exists()
+    assert (out / "fidelity.png").read_bytes()[:4] == b"\x89PNG"

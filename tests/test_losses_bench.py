@@ -8,7 +8,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from seqrec.bench.losses import command, run_cases
+from seqrec.bench.cli import bench
+from seqrec.bench.losses import run_cases
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS is read from /proc (Linux)")
 KEYS = {"loss", "catalog", "tokens", "dim", "peak_mb", "baseline_mb", "step_s", "predicted_mb", "params",
@@ -31,7 +32,7 @@ def test_predictions_match_measured_net_peak():
 @pytest.mark.slow
 def test_command_writes_records_and_skips_what_cannot_fit(tmp_path):
     out = tmp_path / "bench"
-    res = CliRunner().invoke(command, ["--catalog", "300,10000000000", "--tokens", "64", "--dim", "8",
+    res = CliRunner().invoke(bench, ["losses", "--catalog", "300,10000000000", "--tokens", "64", "--dim", "8",
                                        "--losses", "ce,bce", "--seq-len", "16", "--repeats", "1",
                                        "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -46,5 +47,5 @@ def test_command_writes_records_and_skips_what_cannot_fit(tmp_path):
 
 
 def test_command_rejects_unknown_loss(tmp_path):
-    res = CliRunner().invoke(command, ["--losses", "ce,nope", "--out", str(tmp_path)])
+    res = CliRunner().invoke(bench, ["losses", "--losses", "ce,nope", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "nope" in str(res.exception or res.output)

@@ -1,64 +1,66 @@
 """``seqrec bench evaluation``: time to score and rank every evaluated user over the full catalog.
 
 Measures ``seqrec.evaluation.evaluate`` (user encoding + top-k search with seen-item filtering +
-metrics) on a dataset's test split, for a trained run (``--run``) or a freshly initialised SASRec
-(scoring cost does not depend on the weights). Target (issue #3): all 6,040 ML-1M users in < 5 s
-on the 2-core reference machine.
+metrics) on a dataset's test split, for a trained run (``--run``) or a freshly initialised model of
+the default config (scoring cost does not depend on the weights). Target (issue #3): all 6,040
+ML-1M users in < 5 s on the 2-core reference machine.
 """
 
 from __future__ import annotations
 
+import os
 import time
-
-import click
+from collections.abc import Callable
+from typing import Any
 
 COLUMNS = ["dataset", "users", "items", "backend", "encode_s", "total_s", "users_per_s", "ndcg@10"]
 
 
-@click.command("evaluation")
-@click.option("--dataset", default="ml-1m", show_default=True)
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
-@click.option("--format", "fmt", default=None)
-@click.option("--run", "run_dir", default=None, type=click.Path(), help="A trained run to evaluate instead.")
-@click.option("--backends", default="torch,faiss-flat", show_default=True)
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-def command(dataset, data_dir, fmt, run_dir, backends, repeats, out) -> int:
-    """Full-catalog evaluation speed (median of --repeats) for each retrieval backend."""
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def _untrained(dataset: str, data_dir: str | None, fmt: str | None) -> Any:
+    """A ``SeqRec`` holding ``dataset`` and a freshly initialised model of the default config."""
     import torch
 
     from seqrec.api import SeqRec
-    from seqrec.bench.common import write_results
-    from seqrec.evaluation import evaluate, user_vectors
-    from seqrec.retrieval import build_retriever
+    from seqrec.data import load_dataset
+    from seqrec.registry import MODELS
 
-    if run_dir:
-        rec = SeqRec.load(run_dir)
-    else:
-        rec = SeqRec(data={"dataset": dataset, "data_dir": data_dir, "format": fmt})
-        rec.data_ = rec._load_data(None)
-        torch.manual_seed(0)
-        rec.model_ = rec._build_model(rec.data_.n_items).eval()
-    model, test = rec.model_, rec.data_.test
-    max_len = rec._max_len()
+    rec = SeqRec()  # the default config: its model and eval settings
+    rec.data_ = load_dataset(dataset, data_dir=data_dir, fmt=fmt)
+    torch.manual_seed(0)
+    m = rec.cfg_.model  # the typed config: m.params is the section without "name"
+    rec.model_ = MODELS.build(m.name, rec.data_.n_items, **m.params).eval()
+    return rec
+
+
+def measure(dataset: str, data_dir: str | None, fmt: str | None, run_dir: str | os.PathLike | None,
+            backends: list[str], repeats: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One record per retrieval backend: median over ``repeats`` of the user encoding time and of the
+    total evaluation time (s), users/s and the test NDCG@10."""
+    from seqrec.api import SeqRec
+    from seqrec.evaluation import evaluate, user_vectors
+    from seqrec.registry import RETRIEVERS
+
+    rec = SeqRec.load(run_dir) if run_dir else _untrained(dataset, data_dir, fmt)
+    model, test, ev = rec.model_, rec.data_.test, rec.cfg_.eval
+    max_len = int(getattr(model, "max_len", 200))
     records = []
-    for backend in backends.split(","):
+    for backend in backends:
         times, enc = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            user_vectors(model, test.history, max_len, rec.cfg_.eval.batch_size)
+            user_vectors(model, test.history, max_len, ev.batch_size)
             enc.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            retr = build_retriever(backend).build(model.item_embeddings().detach())
-            m = evaluate(model, test, max_len=max_len, ks=list(rec.cfg_.eval.ks), retriever=retr,
-                         batch_size=rec.cfg_.eval.batch_size)
+            retr = RETRIEVERS.build(backend).build(model.item_embeddings().detach())
+            m = evaluate(model, test, max_len=max_len, ks=list(ev.ks), retriever=retr, batch_size=ev.batch_size)
             times.append(time.perf_counter() - t0)
-        total = sorted(times)[len(times) // 2]
-        records.append({"dataset": rec.data_.name, "users": len(test), "items": rec.data_.n_items, "backend": backend,
-                        "encode_s": sorted(enc)[len(enc) // 2], "total_s": total, "users_per_s": len(test) / total,
-                        "ndcg@10": m["ndcg@10"]})
-        click.echo(f"{backend}: {len(test)} users x {rec.data_.n_items} items in {total:.2f}s", err=True)
-    cmd = f"seqrec bench evaluation --dataset {dataset} --backends {backends} --out {out}"
-    write_results(out, records, COLUMNS, "Full-catalog evaluation speed", cmd)
-    click.echo((__import__("pathlib").Path(out) / "table.md").read_text())
-    return 0
+        total = _median(times)
+        records.append({"dataset": rec.data_.name, "users": len(test), "items": rec.data_.n_items,
+                        "backend": backend, "encode_s": _median(enc), "total_s": total,
+                        "users_per_s": len(test) / total, "ndcg@10": m["ndcg@10"]})
+        log(f"{backend}: {len(test)} users x {rec.data_.n_items} items in {total:.2f}s")
+    return records

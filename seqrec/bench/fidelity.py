@@ -9,16 +9,18 @@ cosine near 1 is necessary for CE-level quality, not sufficient (docs/losses.md,
 ``bce``/``gbce`` are different objectives: their cosines say how far their direction is from CE's.
 
 Output: ``DIR/results.json`` (one record per loss spec: loss, params, batches, positions,
-value_ratio, cos_dx, cos_dw, coverage, time_ratio), ``DIR/table.md``. No plot: one number per row.
+value_ratio, cos_dx, cos_dw, coverage, time_ratio), ``DIR/table.md``, ``DIR/fidelity.png`` (cosine
+of dX and of dW with CE's, per loss spec).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-import click
 import yaml
 
 from seqrec.errors import ConfigError
@@ -53,28 +55,36 @@ def _cos(a, b) -> float:
     return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-30))
 
 
-@click.command("fidelity")
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="A trained run directory (its model, data and config).")
-@click.option("--loss", "specs", multiple=True,
-              help="NAME or NAME:key=value,... (repeatable). Default: " + ", ".join(DEFAULT_SPECS) + ".")
-@click.option("--batches", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-def command(run_dir, specs, batches, seed, out) -> int:
-    """Value and gradient agreement of each loss with full CE on a run's own training batches."""
+def _batch_ratios(losses: list[Any], ce: Any, hidden: Any, y: Any, item_emb: Any, ctx: Any, seed: int
+                  ) -> list[tuple[float, ...]]:
+    """Per loss on one batch: (value / CE value, cos dX, cos dW, SCE coverage or nan, time / CE time)."""
+    import torch
+
+    v0, gx0, gw0, t_ce = _value_grads(ce, hidden, y, item_emb, ctx)
+    rows = []
+    for loss in losses:
+        c = dataclasses.replace(ctx, generator=torch.Generator(device=hidden.device).manual_seed(seed), stats={})
+        v, gx, gw, t = _value_grads(loss, hidden, y, item_emb, c)
+        rows.append((v / v0, _cos(gx, gx0), _cos(gw, gw0), c.stats.get("sce_coverage", float("nan")),
+                     t / max(t_ce, 1e-9)))
+    return rows
+
+
+def measure(run_dir: str | os.PathLike, specs: list[str], batches: int, seed: int,
+            log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], str]:
+    """(one record per loss spec, averaged over the run's first ``batches`` training batches; the
+    run's dataset name). Specs are ``NAME`` or ``NAME:key=value,...`` (``parse_spec``)."""
     import torch
 
     from seqrec.api import SeqRec
-    from seqrec.bench.common import write_results
-    from seqrec.losses import build_loss
+    from seqrec.registry import LOSSES
     from seqrec.training.trainer import Trainer
 
-    parsed = [(spec, *parse_spec(spec)) for spec in (specs or DEFAULT_SPECS)]
-    losses = [build_loss(name, **params) for _, name, params in parsed]  # bad names fail before any work
+    parsed = [(spec, *parse_spec(spec)) for spec in specs]
+    losses = [LOSSES.build(name, **params) for _, name, params in parsed]  # bad names fail before any work
     rec = SeqRec.load(run_dir)
     model = rec.model_
-    ce = build_loss("ce")
+    ce = LOSSES.build("ce")
     trainer = Trainer(rec.cfg_, model, ce, rec.data_, log=lambda m: None)
     acc: list[list[tuple[float, ...]]] = [[] for _ in parsed]
     positions = 0
@@ -86,22 +96,14 @@ def command(run_dir, specs, batches, seed, out) -> int:
             item_emb = model.item_embeddings()
         y = targets[has] - 1
         positions += int(y.numel())
-        v0, gx0, gw0, t_ce = _value_grads(ce, hidden, y, item_emb, ctx)
-        for i, loss in enumerate(losses):
-            gen = torch.Generator(device=hidden.device).manual_seed(seed * 1000 + b)
-            c = dataclasses.replace(ctx, generator=gen, stats={})
-            v, gx, gw, t = _value_grads(loss, hidden, y, item_emb, c)
-            acc[i].append((v / v0, _cos(gx, gx0), _cos(gw, gw0), c.stats.get("sce_coverage", float("nan")),
-                           t / max(t_ce, 1e-9)))
+        for rows, row in zip(acc, _batch_ratios(losses, ce, hidden, y, item_emb, ctx, seed * 1000 + b),
+                             strict=True):
+            rows.append(row)
     records = []
     for (spec, name, params), rows in zip(parsed, acc, strict=True):
         mean = [sum(col) / len(col) for col in zip(*rows, strict=True)]
         records.append({"loss": name, "params": params, "batches": len(rows), "positions": positions,
                         "value_ratio": mean[0], "cos_dx": mean[1], "cos_dw": mean[2],
                         "coverage": None if mean[3] != mean[3] else mean[3], "time_ratio": mean[4]})
-        click.echo(f"{spec}: cos dX {mean[1]:.3f}  cos dW {mean[2]:.3f}  value/CE {mean[0]:.3f}", err=True)
-    cmd = f"seqrec bench fidelity --run {run_dir} " + " ".join(f"--loss {s}" for s, _, _ in parsed) + \
-        f" --batches {batches} --out {out}"
-    write_results(out, records, COLUMNS, f"Gradient fidelity to full CE ({rec.data_.name})", cmd)
-    click.echo((__import__("pathlib").Path(out) / "table.md").read_text())
-    return 0
+        log(f"{spec}: cos dX {mean[1]:.3f}  cos dW {mean[2]:.3f}  value/CE {mean[0]:.3f}")
+    return records, rec.data_.name

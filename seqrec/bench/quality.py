@@ -14,7 +14,8 @@ interval covers the test users' sampling noise, not the seed-to-seed spread (use
 
 Output: ``DIR/results.json`` (one record per run: loss, dataset, seed, ndcg@10, hr@10, x_ce, peak_mb,
 epoch_s, best_epoch, ...), ``DIR/table.md`` (per-run rows, then mean ± std over seeds per loss),
-``DIR/summary.json`` and ``DIR/quality.png`` (test NDCG@10 against peak memory).
+``DIR/summary.json`` and ``DIR/quality.png`` (test NDCG@10 against peak memory, from
+``seqrec.bench.plot.quality_figure``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import click
 
 from seqrec.errors import ConfigError
 
@@ -101,7 +101,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 def run_all(out: Path, dataset: str, losses: list[str], seeds: list[int], data_dir: str | None = None,
             fmt: str | None = None, config: str | None = None, sets: tuple[str, ...] = (),
-            timeout_s: float | None = None, log=print) -> list[dict[str, Any]]:
+            timeout_s: float | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Train (or reuse) every (loss, seed) run under ``out/runs``; one record per run."""
 
     per_loss = split_sets(sets, losses)
@@ -184,80 +184,9 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return head + "".join("| " + " | ".join(cell(r, k) for k in SUMMARY_COLUMNS) + " |\n" for r in rows)
 
 
-def plot(rows: list[dict[str, Any]], path: Path, dataset: str) -> None:
-    """Scatter: test NDCG@10 (mean ± std over seeds) against peak memory, one point per loss."""
-    import matplotlib
+def table_body(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """table.md under its header: the per-loss summary (``rows``), then one row per run."""
+    from seqrec.bench.common import markdown_table
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from seqrec.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        if "ndcg@10" not in r or "peak_mb" not in r:
-            continue
-        ax.errorbar(r["peak_mb"], r["ndcg@10"], yerr=r["ndcg@10_std"], xerr=r["peak_mb_std"], fmt="o",
-                    capsize=3, label=r["loss"])
-        ax.annotate(r["loss"], (r["peak_mb"], r["ndcg@10"]), textcoords="offset points", xytext=(5, 5))
-    ax.set_xscale("log")
-    ax.set_xlabel("peak memory of training (MB)")
-    ax.set_ylabel("test NDCG@10")
-    ax.set_title(f"Quality vs memory on {dataset}")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
-@click.command("quality")
-@click.option("--dataset", required=True, help="Dataset name, prepared directory or file path.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
-@click.option("--format", "fmt", default=None, help="Reader for a file path.")
-@click.option("--losses", "losses_", default="ce,sce,rece,sampled_softmax,gbce,bce", show_default=True,
-              help="Registered loss names, comma-separated.")
-@click.option("--seeds", default=1, show_default=True, help="Seeds per loss (train.seed = 0 .. N-1).")
-@click.option("--config", default=None, help="Packaged config name or YAML file shared by every run.")
-@click.option("--set", "sets", multiple=True, metavar="[LOSS:]KEY=VALUE",
-              help="Config override for every run, or with a LOSS: prefix for that loss's runs only "
-                   "(e.g. sce:loss.bucket_size_y=512).")
-@click.option("--timeout", "timeout_s", default=None, type=float, help="Seconds per run (default: none).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-def command(dataset: str, data_dir: str | None, fmt: str | None, losses_: str, seeds: int, config: str | None,
-            sets: tuple[str, ...], timeout_s: float | None, out: str) -> int:
-    """Test NDCG@10 / HR@10 (mean ± std over seeds), peak memory and time per epoch of each loss."""
-    from seqrec.bench.common import write_results
-    from seqrec.io import write_json, write_text
-    from seqrec.losses import LOSSES
-
-    names = [s.strip() for s in losses_.split(",") if s.strip()]
-    unknown = [s for s in names if s not in LOSSES]
-    if unknown or not names:
-        raise ConfigError(f"--losses: unknown loss {', '.join(unknown) or '(none)'}; "
-                          f"known: {', '.join(sorted(LOSSES))}")
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
-    outp = Path(out)
-    records = run_all(outp, dataset, names, list(range(seeds)), data_dir, fmt, config, sets, timeout_s,
-                      log=lambda m: click.echo(m, err=True))
-    paired_with_ce(records)
-    cmd = f"seqrec bench quality --dataset {dataset} --losses {','.join(names)} --seeds {seeds} --out {out}"
-    for opt, val in (("--data-dir", data_dir), ("--format", fmt), ("--config", config)):
-        if val is not None:
-            cmd += f" {opt} {val}"
-    cmd += "".join(f" --set {s}" for s in sets)
-    path = write_results(outp, records, COLUMNS, f"Quality of each loss on {dataset}", cmd)
-    rows = summarize(records)
-    write_json(path / "summary.json", rows)
-    per_run = (path / "table.md").read_text()
-    head, _, runs = per_run.partition("| loss |")
-    write_text(path / "table.md", head + "## Mean ± std over seeds (test split)\n\n" + summary_markdown(rows)
-               + "\n## Runs\n\n| loss |" + runs)
-    plot(rows, path / "quality.png", dataset)
-    click.echo(summary_markdown(rows))
-    failed = [f"{r['loss']}-seed{r['seed']}" for r in records if r["status"] != "ok"]
-    if failed:
-        click.echo(f"failed runs: {', '.join(failed)} (logs in {outp / 'runs'})", err=True)
-        return 1
-    return 0
+    return ("## Mean ± std over seeds (test split)\n\n" + summary_markdown(rows)
+            + "\n## Runs\n\n" + markdown_table(records, COLUMNS))

@@ -16,22 +16,20 @@ float32 embedding matrix), not RSS.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import click
 import numpy as np
 
-from seqrec.bench.common import write_results
 from seqrec.errors import ConfigError
-from seqrec.retrieval import BACKENDS, build_retriever, recall_at_k
+from seqrec.retrieval import recall_at_k
 from seqrec.retrieval.base import Retriever
 
 N_CENTRES = 1024
 EXACT_BUDGET = 2_000_000_000  # score entries (queries × items) for the exact ground truth
 
+SHOWN_PARAMS = ("nlist", "nprobe", "train_size", "M", "ef_construction", "ef_search")
 COLUMNS = ["embeddings", "catalog", "backend", "params", "default", "build_s", "qps", "speedup",
            "recall@10", "memory_mb"]
 
@@ -81,44 +79,51 @@ def settings(backend: str, r: Retriever) -> list[dict[str, Any]]:
     return [{}]
 
 
+def _measure(r: Retriever, backend: str, torch_r: Retriever, queries: np.ndarray, n_exact: int, k: int,
+             repeats: int, torch_qps: float, truth: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(queries/s, ids of the first ``n_exact`` queries [n_exact, k], torch's best queries/s so far)."""
+    q_exact = queries[:n_exact]
+    if backend == "torch":
+        return torch_qps, truth, torch_qps
+    if r.exact:  # faiss-flat: alternate with torch so that both see the same machine load
+        qps = 0.0
+        for _ in range(repeats):
+            torch_qps = max(torch_qps, timed_search(torch_r, q_exact, k, 1)[0])
+            one, ids = timed_search(r, q_exact, k, 1)
+            qps = max(qps, one)
+        return qps, ids, torch_qps
+    qps, ids = timed_search(r, queries, k, repeats)
+    return qps, ids[:n_exact], torch_qps
+
+
 def run_case(kind: str, n_items: int, dim: int, n_queries: int, backends: list[str], k: int,
-             exact_queries: int | None, repeats: int, seed: int, log: Any) -> list[dict[str, Any]]:
+             exact_queries: int | None, repeats: int, seed: int, log: Callable[[str], None]
+             ) -> list[dict[str, Any]]:
+    """Records of every backend and search setting on one embeddings kind and catalog size."""
+    from seqrec.registry import RETRIEVERS
+
     items, queries = make_embeddings(kind, n_items, n_queries, dim, seed)
     n_exact = exact_queries or (n_queries if n_items * n_queries <= EXACT_BUDGET
                                 else max(1000, EXACT_BUDGET // n_items))
     n_exact = min(n_exact, n_queries)
-    q_exact = queries[:n_exact]
     base = {"embeddings": kind, "catalog": n_items, "dim": dim, "queries": n_queries}
     records: list[dict[str, Any]] = []
-
     t0 = time.perf_counter()
-    torch_r = build_retriever("torch").build(items)
+    torch_r = RETRIEVERS.build("torch").build(items)
     torch_build = time.perf_counter() - t0
-    torch_qps, truth = timed_search(torch_r, q_exact, k, repeats)
+    torch_qps, truth = timed_search(torch_r, queries[:n_exact], k, repeats)
     for backend in backends:
         t0 = time.perf_counter()
-        r = torch_r if backend == "torch" else build_retriever(backend).build(items)
+        r = torch_r if backend == "torch" else RETRIEVERS.build(backend).build(items)
         build_s = torch_build if backend == "torch" else time.perf_counter() - t0
         if r.backend != backend:
             log(f"skip {backend}: not available (fell back to {r.backend})")
             continue
-        defaults = dict(r.params)
-        mem = index_mb(r)
+        defaults, mem = dict(r.params), index_mb(r)
         for setting in settings(backend, r):
             r.set_params(**setting)
-            if backend == "torch":
-                qps, ids = torch_qps, truth
-            elif r.exact:  # faiss-flat: alternate with torch so that both see the same machine load
-                qps = 0.0
-                for _ in range(repeats):
-                    torch_qps = max(torch_qps, timed_search(torch_r, q_exact, k, 1)[0])
-                    one, ids = timed_search(r, q_exact, k, 1)
-                    qps = max(qps, one)
-            else:
-                qps, ids = timed_search(r, queries, k, repeats)
-                ids = ids[:n_exact]
-            shown = {key: v for key, v in r.params.items()
-                     if key in ("nlist", "nprobe", "train_size", "M", "ef_construction", "ef_search")}
+            qps, ids, torch_qps = _measure(r, backend, torch_r, queries, n_exact, k, repeats, torch_qps, truth)
+            shown = {key: v for key, v in r.params.items() if key in SHOWN_PARAMS}
             rec = {**base, "backend": backend, "params": shown,
                    "default": all(defaults.get(key) == v for key, v in setting.items()),
                    "build_s": round(build_s, 3), "qps": round(qps, 1),
@@ -127,98 +132,18 @@ def run_case(kind: str, n_items: int, dim: int, n_queries: int, backends: list[s
             records.append(rec)
             log(f"{kind:9s} C={n_items:>8d} {backend:10s} {shown} build {build_s:6.1f}s "
                 f"{qps:9.0f} q/s recall@{k} {rec[f'recall@{k}']:.4f} {mem:7.1f} MB")
-        if r is not torch_r:
-            del r
+        del r  # free this index before the next one is built
     for rec in records:
         if rec["backend"] == "torch":
             rec["qps"] = round(torch_qps, 1)  # best of all its interleaved timings
-    for rec in records:
         rec["speedup"] = round(rec["qps"] / torch_qps, 2) if torch_qps else None
     return records
 
 
-def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cases = sorted({(r["embeddings"], r["catalog"]) for r in records})
-    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), squeeze=False)
-    for ax, (kind, n) in zip(axes[0], cases, strict=True):
-        for backend in BACKENDS:
-            # in sweep order (nprobe / ef_search increasing): timing noise must not reorder the curve
-            rs = [r for r in records if r["embeddings"] == kind and r["catalog"] == n and r["backend"] == backend]
-            if not rs:
-                continue
-            line = ax.plot([r["qps"] for r in rs], [r[f"recall@{k}"] for r in rs], "o-", label=backend)[0]
-            for r in rs:
-                if r["default"]:
-                    ax.plot(r["qps"], r[f"recall@{k}"], "*", ms=14, color=line.get_color(), mec="black")
-        ax.set_xscale("log")
-        ax.set_xlabel("queries / s (log)")
-        ax.set_ylabel(f"recall@{k} vs exact")
-        ax.set_title(f"{kind}, {n:,} items")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(title="★ = default settings", fontsize=8)
-    fig.tight_layout()
-    from seqrec.io import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-
-
-def _int_list(value: str, name: str) -> list[int]:
-    try:
-        out = [int(float(v)) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{name}: expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise ConfigError(f"{name}: expected positive integers, got {value!r}")
-    return out
-
-
-@click.command("retrieval")
-@click.option("--catalog", default="100000,1000000", show_default=True,
-              help="Catalog sizes (comma-separated).")
-@click.option("--dim", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--queries", default=10000, show_default=True, type=click.IntRange(1))
-@click.option("--embeddings", default="clustered,gaussian", show_default=True,
-              help="Embedding kinds: clustered, gaussian.")
-@click.option("--backends", default=",".join(BACKENDS), show_default=True)
-@click.option("--k", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--exact-queries", type=click.IntRange(1), default=None,
-              help="Queries for exact timing and ground truth [default: all if C·M ≤ 2e9, else 2e9/C].")
-@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1), help="Timing: best of N.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def command(catalog: str, dim: int, queries: int, embeddings: str, backends: str, k: int,
-            exact_queries: int | None, repeats: int, seed: int, out: Path) -> None:
-    """Exact vs approximate retrieval: build time, index size, queries/s and recall@k (table, PNG, JSON)."""
-    sizes = _int_list(catalog, "--catalog")
-    kinds = [x.strip() for x in embeddings.split(",") if x.strip()]
-    chosen = [b.strip() for b in backends.split(",") if b.strip()]
-    for b in chosen:
-        if b not in BACKENDS:
-            raise ConfigError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
-    chosen = ["torch"] + [b for b in chosen if b != "torch"]  # exact torch is the reference
-
-    def log(msg: str) -> None:
-        click.echo(msg)
-        sys.stdout.flush()
-
-    records: list[dict[str, Any]] = []
-    for kind in kinds:
-        for n in sizes:
-            records += run_case(kind, n, dim, queries, chosen, k, exact_queries, repeats, seed, log)
-    cols = [c if c != "recall@10" else f"recall@{k}" for c in COLUMNS]
-    cmd = (f"seqrec bench retrieval --catalog {catalog} --dim {dim} --queries {queries} --embeddings "
-           f"{embeddings} --backends {backends} --k {k} --repeats {repeats} --seed {seed} --out {out}"
-           + (f" --exact-queries {exact_queries}" if exact_queries else ""))
-    write_results(out, records, cols, "Retrieval: exact vs approximate top-k (memory = index size)", cmd)
-    plot(records, out / "recall_vs_qps.png", k)
-    log(f"wrote {out}/table.md, {out}/results.json, {out}/recall_vs_qps.png")
-
-
-__all__ = ["command", "make_embeddings"]
+def run_all(kinds: list[str], sizes: list[int], dim: int, n_queries: int, backends: list[str], k: int,
+            exact_queries: int | None, repeats: int, seed: int, log: Callable[[str], None] = print
+            ) -> list[dict[str, Any]]:
+    """``run_case`` for every (kind, catalog size); exact ``torch`` is always run first (the reference)."""
+    backends = ["torch"] + [b for b in backends if b != "torch"]
+    return [rec for kind in kinds for n in sizes
+            for rec in run_case(kind, n, dim, n_queries, backends, k, exact_queries, repeats, seed, log)]
