@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from seqrec.api import SeqRec
-from seqrec.bench.cli import bench
+from seqrec.cli.bench import bench
 from seqrec.bench.fidelity import parse_spec
 from seqrec.errors import ConfigError
 

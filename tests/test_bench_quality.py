@@ -96,8 +96,8 @@ def test_rerun_reuses_and_resumes(tmp_path, fake):
     from seqrec.bench.quality import fit_command
 
     cmd = fit_command(tmp_path / "runs" / "bce-seed1", "bce", 1, "synthetic", None, None, None,
-                      ["train.max_time=99", "model.d=8", "train.epochs=5"])
-    assert cmd[cmd.index("--resume") + 1:] == [str(tmp_path / "runs" / "bce-seed1"), "--set", "train.max_time=99",
+                      ["train.max_time_s=99", "model.d=8", "train.epochs=5"])
+    assert cmd[cmd.index("--resume") + 1:] == [str(tmp_path / "runs" / "bce-seed1"), "--set", "train.max_time_s=99",
                                                "--set", "train.epochs=5"]
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from seqrec.bench.cli import bench
+from seqrec.cli.bench import bench
 from seqrec.bench.losses import run_cases
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS is read from /proc (Linux)")

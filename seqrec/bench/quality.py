@@ -3,7 +3,7 @@
 Every (loss, seed) pair is one ``seqrec fit`` in a subprocess (same config, same budget, early
 stopping on validation; only ``--loss`` and ``train.seed`` change), in ``DIR/runs/LOSS-seedS``.
 A run whose ``results.json`` exists is reused, a run with a checkpoint but no results is continued
-with ``seqrec fit --resume`` (plus this invocation's budget settings, e.g. ``train.max_time``), so
+with ``seqrec fit --resume`` (plus this invocation's budget settings, e.g. ``train.max_time_s``), so
 an interrupted benchmark picks up where it stopped. Each run writes its output straight to
 ``DIR/runs/LOSS-seedS.log``: it survives the death of the benchmark process.
 
@@ -73,7 +73,7 @@ def fit_command(run_dir: Path, loss: str, seed: int, dataset: str, data_dir: str
     """The ``seqrec fit`` command line of one run (or its ``--resume`` when it was interrupted)."""
     fit = [sys.executable, "-m", "seqrec.cli", "fit"]
     if (run_dir / "config.yaml").exists():  # continue it; only budget settings may change on resume
-        from seqrec.commands import RESUME_KEYS
+        from seqrec.cli.fit import RESUME_KEYS
 
         budget = [x for s in sets if s.split("=", 1)[0].strip() in RESUME_KEYS for x in ("--set", s)]
         return fit + ["--resume", str(run_dir)] + budget
