@@ -106,10 +106,10 @@ class SeqRec:
         return build_model(m.name, n_items, **{k: v for k, v in m.items() if k != "name"})
 
     def _build_loss(self):
-        from seqrec.losses import build_loss
+        from seqrec.registry import LOSSES
 
         lc = self.cfg_.loss
-        return build_loss(lc.name, **{k: v for k, v in lc.items() if k != "name"})
+        return LOSSES.build(lc.name, **{k: v for k, v in lc.items() if k != "name"})
 
     # ------------------------------------------------------------ fit / evaluate
     def fit(self, data: Any = None, run_dir: str | os.PathLike | None = None, resume: bool = False,

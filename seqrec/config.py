@@ -129,15 +129,15 @@ class Config:
         return Config(tree)
 
     def validate(self) -> None:
-        from seqrec.losses.base import LOSSES, build_loss
         from seqrec.models import MODELS
+        from seqrec.registry import LOSSES
 
         for sec in OPEN_SECTIONS:
             if not isinstance(getattr(self, sec).get("name"), str):
                 raise ConfigError(f"{sec}.name must be a name (a string), got {getattr(self, sec).get('name')!r}")
         _check_params("model", self.model, MODELS)
-        build_loss(self.loss.name)  # imports the registry; raises on unknown names
-        _check_params("loss", self.loss, LOSSES)
+        LOSSES.check_params(LOSSES.check_name(self.loss.name, "loss.name"),
+                            {k: v for k, v in self.loss.items() if k != "name"}, "loss")
         t = self.train
         for key in ("batch_size", "epochs"):
             if not isinstance(t[key], int) or t[key] < 1:

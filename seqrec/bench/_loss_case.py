@@ -55,11 +55,12 @@ def _trim() -> None:
 def run_case(spec: dict) -> dict:
     import torch
 
-    from seqrec.losses import LossContext, build_loss
+    from seqrec.losses import LossContext
+    from seqrec.registry import LOSSES
 
     dev = torch.device(spec["device"])
     n, c, d, seq_len = spec["tokens"], spec["catalog"], spec["dim"], spec["seq_len"]
-    loss = build_loss(spec["loss"], **spec.get("params", {}))
+    loss = LOSSES.build(spec["loss"], **spec.get("params", {}))
     g = torch.Generator(device=dev).manual_seed(spec.get("seed", 0))
 
     def inputs(n: int, c: int):

@@ -67,14 +67,14 @@ def command(run_dir, specs, batches, seed, out) -> int:
 
     from seqrec.api import SeqRec
     from seqrec.bench.common import write_results
-    from seqrec.losses import build_loss
+    from seqrec.registry import LOSSES
     from seqrec.training.trainer import Trainer
 
     parsed = [(spec, *parse_spec(spec)) for spec in (specs or DEFAULT_SPECS)]
-    losses = [build_loss(name, **params) for _, name, params in parsed]  # bad names fail before any work
+    losses = [LOSSES.build(name, **params) for _, name, params in parsed]  # bad names fail before any work
     rec = SeqRec.load(run_dir)
     model = rec.model_
-    ce = build_loss("ce")
+    ce = LOSSES.build("ce")
     trainer = Trainer(rec.cfg_, model, ce, rec.data_, log=lambda m: None)
     acc: list[list[tuple[float, ...]]] = [[] for _ in parsed]
     positions = 0

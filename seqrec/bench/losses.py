@@ -64,12 +64,12 @@ def _ints(text: str, opt: str) -> list[int]:
 def run_cases(losses: list[str], catalogs: list[int], tokens: int, dim: int, seq_len: int, device: str,
               repeats: int = 3, timeout_s: float = 1800, log=print) -> list[dict[str, Any]]:
     """Run every case in a fresh subprocess; return one record per case (see module docstring)."""
-    from seqrec.losses import build_loss
+    from seqrec.registry import LOSSES
 
     records = []
     for c in catalogs:
         for name in losses:
-            loss = build_loss(name)
+            loss = LOSSES.build(name)
             params = loss.get_params()
             predicted = loss.predict_bytes(tokens, c, dim) / 2**20
             rec: dict[str, Any] = {"loss": name, "catalog": c, "tokens": tokens, "dim": dim, "peak_mb": None,
@@ -153,13 +153,13 @@ def command(catalog: str, tokens: int, dim: int, losses_: str, seq_len: int, dev
             timeout_s: float, out: str) -> None:
     """Peak memory (net of the process baseline) and step time of each loss vs catalog size."""
     from seqrec.bench.common import write_results
-    from seqrec.losses import LOSSES
+    from seqrec.registry import LOSSES
 
     names = [s.strip() for s in losses_.split(",") if s.strip()]
     unknown = [s for s in names if s not in LOSSES]
     if unknown or not names:
         raise ConfigError(f"--losses: unknown loss {', '.join(unknown) or '(none)'}; "
-                          f"known: {', '.join(sorted(LOSSES))}")
+                          f"known: {', '.join(LOSSES.names())}")
     if device == "cuda":
         import torch
 

@@ -229,13 +229,13 @@ def command(dataset: str, data_dir: str | None, fmt: str | None, losses_: str, s
     """Test NDCG@10 / HR@10 (mean ± std over seeds), peak memory and time per epoch of each loss."""
     from seqrec.bench.common import write_results
     from seqrec.io import write_json, write_text
-    from seqrec.losses import LOSSES
+    from seqrec.registry import LOSSES
 
     names = [s.strip() for s in losses_.split(",") if s.strip()]
     unknown = [s for s in names if s not in LOSSES]
     if unknown or not names:
         raise ConfigError(f"--losses: unknown loss {', '.join(unknown) or '(none)'}; "
-                          f"known: {', '.join(sorted(LOSSES))}")
+                          f"known: {', '.join(LOSSES.names())}")
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     outp = Path(out)
