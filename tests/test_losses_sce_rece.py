@@ -227,6 +227,37 @@ def test_sce_auto_uses_ctx_capacity():
     assert padded.stats["sce_coverage"] == 1.0
 
 
+@pytest.mark.parametrize("params", [{}, {"union": True}, {"n_buckets": 7, "bucket_size_y": "auto"}])
+def test_sce_predict_bytes_sizes_buckets_as_forward(monkeypatch, params):
+    # the buckets forward selects (read at sce_select) are the ones predict_bytes sizes, given the
+    # same capacity; without the capacity the "auto" rule would size them from N instead
+    import seqrec.losses.sce as sce_module
+
+    x, w, y = _inputs(n=60, c=300, d=8)
+    loss = LOSSES.build("sce", **params)
+    used, sized = [], []
+    select, resolve = sce_module.sce_select, sce_module.SCE.resolve
+
+    def spy_select(hidden, item_emb, n_b, k_x, k_y, *args):
+        used.append((n_b, k_x, k_y))
+        return select(hidden, item_emb, n_b, k_x, k_y, *args)
+
+    def spy_resolve(self, *args, **kw):
+        sized.append(resolve(self, *args, **kw))
+        return sized[-1]
+
+    monkeypatch.setattr(sce_module, "sce_select", spy_select)
+    monkeypatch.setattr(sce_module.SCE, "resolve", spy_resolve)
+    ctx = _ctx()
+    ctx.capacity = 16 * 25
+    loss(x, y, w, ctx)
+    sized.clear()
+    with_cap = loss.predict_bytes(60, 300, 8, capacity=ctx.capacity)
+    assert sized == used
+    if "n_buckets" not in params:  # "auto" buckets: the capacity changes the prediction
+        assert loss.predict_bytes(60, 300, 8) != with_cap and sized[-1] != used[0]
+
+
 # ------------------------------------------------------------------ RECE
 @pytest.mark.parametrize("n_extra_chunks,rounds", [(0, 1), (2, 1), (0, 3), (1, 4)])
 def test_rece_single_chunk_equals_full_ce(n_extra_chunks, rounds):

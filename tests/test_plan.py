@@ -30,6 +30,16 @@ def test_components_add_up_and_loss_uses_its_prediction():
     assert full["loss"] == LOSSES.build("ce").predict_bytes(64 * 200, 100_000, 64, 4) - emb_grad
 
 
+def test_sce_sized_with_the_training_capacity():
+    # training passes ctx.capacity = batch_size * max_len and SCE's "auto" buckets follow it;
+    # plan must size them the same way, also when fewer tokens reach the loss
+    emb_grad = 100_000 * 64 * 4
+    mem = predict_memory(100_000, 64, 200, 64, 2, 1, "sce", tokens=1_000)
+    sce = LOSSES.build("sce")
+    assert mem["loss"] == sce.predict_bytes(1_000, 100_000, 64, 4, capacity=64 * 200) - emb_grad
+    assert mem["loss"] != sce.predict_bytes(1_000, 100_000, 64, 4) - emb_grad
+
+
 def test_ce_chunked_fits_where_ce_does_not():
     ce = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce")
     ch = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce_chunked")
