@@ -14,13 +14,13 @@ F32 = 4
 
 def _model_shape(model: str) -> tuple[int, int]:
     """(extra item-table rows, FFN width multiplier) of a transformer model, from its class."""
-    try:
-        from seqrec.models import MODELS
+    from seqrec.registry import MODELS
 
-        cls = MODELS[model]
-        return int(getattr(cls, "n_special", 1)), int(getattr(cls, "ff_mult", 1))
-    except (ImportError, KeyError):
+    try:
+        cls = MODELS.get(model)
+    except ConfigError:  # not a registered model: the transformer defaults
         return 1, 1
+    return int(getattr(cls, "n_special", 1)), int(getattr(cls, "ff_mult", 1))
 
 
 def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks: int, n_heads: int,
@@ -30,10 +30,11 @@ def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks
 
     n_items: catalog size C; batch_size x max_len: the padded batch the encoder sees; tokens: the
     number N of positions with a target that reach the loss (default batch_size * max_len, the upper
-    bound); optimizer_states: float32 tensors per parameter (Adam: 2).
+    bound); optimizer_states: float32 tensors per parameter (Adam: 2). The loss is sized with
+    training's capacity rule (``ctx.capacity`` = batch_size x max_len).
     Returns bytes per component: parameters, gradients, optimizer_state, activations, loss, total.
     """
-    from seqrec.losses import build_loss
+    from seqrec.registry import LOSSES
 
     n_special, ff_mult = _model_shape(model)
     d_ff = ff_mult * d
@@ -48,7 +49,7 @@ def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks
     block = (10 * t * d + 3 * t * d_ff) * F32 + int(2.25 * batch_size * n_heads * max_len * max_len * F32)
     # + the [N, d] hidden states gathered for the loss
     activations = n_blocks * block + 4 * t * d * F32 + n * d * F32
-    loss = build_loss(loss_name, **(loss_params or {})).predict_bytes(n, n_items, d, F32)
+    loss = LOSSES.build(loss_name, **(loss_params or {})).predict_bytes(n, n_items, d, F32, capacity=t)
     # predict_bytes (what `seqrec bench losses` measures) includes the [C, d] gradient of the item
     # embeddings, which "gradients" already counts here
     loss = max(loss - n_items * d * F32, 0)
@@ -59,14 +60,14 @@ def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks
     return out
 
 
-def _fmt(b: float) -> str:
+def fmt_bytes(b: float) -> str:
     for unit, k in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if b >= k:
             return f"{b / k:,.1f} {unit}"
     return f"{int(b)} B"
 
 
-def _catalog(cfg: Any) -> int:
+def catalog_size(cfg: Any) -> int:
     from seqrec.data import load_dataset
 
     data = load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir, fmt=cfg.data.format,

@@ -19,10 +19,11 @@ from test_losses import _histories
 from test_losses_sce_rece import _rece_reference, _sce_reference, _sce_union_reference
 
 from seqrec import SeqRec
-from seqrec.losses import LossContext, build_loss
+from seqrec.losses import LossContext, sce_variants
 from seqrec.losses.rece import rece_hash
 from seqrec.losses.sampling import NegativeSampler
 from seqrec.losses.sce import sce_select
+from seqrec.registry import LOSSES
 from seqrec.retrieval import build_retriever
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
@@ -71,8 +72,8 @@ def test_ce_and_ce_chunked_on_cuda_equal_cpu_ce(impl, n, c, d, chunk):
     # "auto" may run cut-cross-entropy or Liger when installed: still exact CE (no gradient filtering)
     (xc, wc, yc), (xg, wg, yg) = _pair(n, c, d, seed=n + c, scale=2.0)
     ref = _ce(xc, wc, yc)
-    _close(_vg(lambda: build_loss("ce")(xg, yg, wg, None), xg, wg), ref)
-    loss = build_loss("ce_chunked", chunk_size=chunk, impl=impl)
+    _close(_vg(lambda: LOSSES.build("ce")(xg, yg, wg, None), xg, wg), ref)
+    loss = LOSSES.build("ce_chunked", chunk_size=chunk, impl=impl)
     _close(_vg(lambda: loss(xg, yg, wg, None), xg, wg), ref, rtol=1e-3, atol=1e-5)
 
 
@@ -81,7 +82,7 @@ def test_ce_chunked_auto_with_half_hidden_on_cuda():
     (xc, wc, yc), (xg, wg, yg) = _pair(300, 5003, 64, seed=4)
     xh = xg.detach().bfloat16().requires_grad_()
     ref = _ce(xh.detach().float().cpu().requires_grad_(), wc, yc)
-    got = _vg(lambda: build_loss("ce_chunked", impl="auto")(xh, yg, wg, None), xh, wg)
+    got = _vg(lambda: LOSSES.build("ce_chunked", impl="auto")(xh, yg, wg, None), xh, wg)
     _close((got[0], got[1].float(), got[2]), ref, rtol=2e-2, atol=2e-3)
 
 
@@ -98,7 +99,7 @@ def test_ce_chunked_auto_with_half_hidden_on_cuda():
 def test_bf16_autocast_on_cuda_finite_and_close(name, params):
     _, (x, w, y) = _pair(256, 3000, 32, seed=1)
     ctx = lambda: _ctx(3, seq_idx=torch.arange(256, device=CUDA) // 32)  # noqa: E731
-    loss = build_loss(name, **params)
+    loss = LOSSES.build(name, **params)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         v = loss(x, y, w, ctx())
     v.backward()
@@ -114,7 +115,7 @@ def test_sce_on_cuda_matches_bruteforce(mix_x, n, c, n_b, k_x, k_y):
     (xc, wc, yc), (xg, wg, yg) = _pair(n, c, 16, seed=3)
     idx_x, idx_y = sce_select(xg, wg, n_b, k_x, k_y, mix_x, _gen(5))
     ref = _vg(lambda: _sce_reference(xc, wc, yc, idx_x.cpu(), idx_y.cpu()), xc, wc)
-    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=mix_x)
+    loss = LOSSES.build("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=mix_x)
     ctx = _ctx(5)
     _close(_vg(lambda: loss(xg, yg, wg, ctx), xg, wg), ref)
     assert ctx.stats["sce_coverage"] == pytest.approx(idx_x.unique().numel() / n)
@@ -122,26 +123,24 @@ def test_sce_on_cuda_matches_bruteforce(mix_x, n, c, n_b, k_x, k_y):
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_sce_union_on_cuda_matches_bruteforce(monkeypatch, dense):
-    import seqrec.losses.sce as sce
-
-    monkeypatch.setattr(sce, "UNION_DENSE_RATIO", 1e9 if dense else 0)
+    monkeypatch.setattr(sce_variants, "UNION_DENSE_RATIO", 1e9 if dense else 0)
     (xc, wc, yc), (xg, wg, yg) = _pair(400, 3000, 16, seed=3)
     idx_x, idx_y = sce_select(xg, wg, 40, 60, 200, True, _gen(5))
     ref = _vg(lambda: _sce_union_reference(xc, wc, yc, idx_x.cpu(), idx_y.cpu()), xc, wc)
-    loss = build_loss("sce", n_buckets=40, bucket_size_x=60, bucket_size_y=200, union=True)
+    loss = LOSSES.build("sce", n_buckets=40, bucket_size_x=60, bucket_size_y=200, union=True)
     _close(_vg(lambda: loss(xg, yg, wg, _ctx(5)), xg, wg), ref)
 
 
 def test_sce_covering_buckets_equal_full_ce_on_cuda():
     (xc, wc, yc), (xg, wg, yg) = _pair(12, 17, 6, seed=0)
-    loss = build_loss("sce", n_buckets=3, bucket_size_x=12, bucket_size_y=17)
+    loss = LOSSES.build("sce", n_buckets=3, bucket_size_x=12, bucket_size_y=17)
     _close(_vg(lambda: loss(xg, yg, wg, _ctx(1)), xg, wg), _ce(xc, wc, yc))
 
 
 @pytest.mark.parametrize("n,c,n_buckets,n_extra,rounds", [(11, 13, 4, 1, 3), (300, 2000, 16, 1, 2)])
 def test_rece_on_cuda_matches_bruteforce(n, c, n_buckets, n_extra, rounds):
     (xc, wc, yc), (xg, wg, yg) = _pair(n, c, 8, seed=7)
-    loss = build_loss("rece", n_buckets=n_buckets, n_extra_chunks=n_extra, rounds=rounds)
+    loss = LOSSES.build("rece", n_buckets=n_buckets, n_extra_chunks=n_extra, rounds=rounds)
     _, n_c = loss.resolve(n, c)
     h = {k: v.cpu() for k, v in rece_hash(xg, wg, n_buckets, n_c, rounds, _gen(2)).items()}
     ref = _vg(lambda: _rece_reference(xc, wc, yc, h, n_extra)[0], xc, wc)
@@ -150,7 +149,7 @@ def test_rece_on_cuda_matches_bruteforce(n, c, n_buckets, n_extra, rounds):
 
 def test_rece_single_chunk_equals_full_ce_on_cuda():
     (xc, wc, yc), (xg, wg, yg) = _pair(12, 17, 6, seed=0)
-    loss = build_loss("rece", n_buckets=1, n_extra_chunks=1, rounds=3)
+    loss = LOSSES.build("rece", n_buckets=1, n_extra_chunks=1, rounds=3)
     _close(_vg(lambda: loss(xg, yg, wg, _ctx(1)), xg, wg), _ce(xc, wc, yc))
 
 
@@ -163,7 +162,7 @@ def test_rece_single_chunk_equals_full_ce_on_cuda():
                                          ("sampled_softmax", {"n_negatives": 7})])
 def test_cuda_losses_deterministic_under_seed(name, params):
     _, (x, w, y) = _pair(20, 40, 6, seed=0)
-    loss = build_loss(name, **params)
+    loss = LOSSES.build(name, **params)
     a = _vg(lambda: loss(x, y, w, _ctx(11)), x, w)
     _close(_vg(lambda: loss(x, y, w, _ctx(11)), x, w), a, rtol=1e-6, atol=1e-7)
     assert len({round(float(loss(x, y, w, _ctx(s)).detach()), 6) for s in range(6)}) > 1
@@ -176,7 +175,7 @@ def test_gbce_t0_equals_bce_on_cuda(shared):
     seq = torch.arange(12, device=CUDA) // 4
 
     def run(name, **kw):
-        loss = build_loss(name, n_negatives=6, shared=shared, **kw)
+        loss = LOSSES.build(name, n_negatives=6, shared=shared, **kw)
         return _vg(lambda: loss(x, y, w, _ctx(3, seq_idx=seq)), x, w)
 
     _close(run("gbce", t=0.0), run("bce"), rtol=1e-6, atol=1e-7)
@@ -187,7 +186,7 @@ def test_sampled_softmax_all_items_equals_ce_on_cuda(shared):
     (xc, wc, yc), (xg, wg, yg) = _pair(10, 12, 5, seed=6)
     ctx = _ctx(0, seq_idx=torch.arange(10, device=CUDA) // 5, hist_offsets=torch.zeros(3, dtype=torch.long).to(CUDA),
                hist_items=torch.zeros(0, dtype=torch.long).to(CUDA))
-    loss = build_loss("sampled_softmax", n_negatives=12, sampler="uniform_exclude_seen", shared=shared)
+    loss = LOSSES.build("sampled_softmax", n_negatives=12, sampler="uniform_exclude_seen", shared=shared)
     _close(_vg(lambda: loss(xg, yg, wg, ctx), xg, wg), _ce(xc, wc, yc))
 
 

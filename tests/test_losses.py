@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.errors import ConfigError, SeqrecError
-from seqrec.losses import LossContext, build_loss
+from seqrec.losses import LossContext
 from seqrec.losses.sampling import NegativeSampler
+from seqrec.registry import LOSSES
 
 
 def _inputs(n: int, c: int, d: int, seed: int = 0, scale: float = 1.0):
@@ -30,8 +31,8 @@ def _value_and_grads(loss, x, w, y, ctx=None):
                                          (20, 50, 8, "auto")])
 def test_ce_chunked_equals_ce(n, c, d, chunk):
     x, w, y = _inputs(n, c, d, seed=n + c, scale=2.0)
-    ref = _value_and_grads(build_loss("ce"), x, w, y)
-    got = _value_and_grads(build_loss("ce_chunked", chunk_size=chunk), x, w, y)
+    ref = _value_and_grads(LOSSES.build("ce"), x, w, y)
+    got = _value_and_grads(LOSSES.build("ce_chunked", chunk_size=chunk), x, w, y)
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -39,15 +40,15 @@ def test_ce_chunked_equals_ce(n, c, d, chunk):
 def test_ce_chunked_matches_cross_entropy_with_large_logits():
     # logits ~ ±200: a naive exp would overflow, the online log-sum-exp must not
     x, w, y = _inputs(10, 30, 4, seed=3, scale=7.0)
-    v = build_loss("ce_chunked", chunk_size=7)(x, y, w)
+    v = LOSSES.build("ce_chunked", chunk_size=7)(x, y, w)
     torch.testing.assert_close(v, F.cross_entropy(x @ w.T, y))
 
 
 def test_ce_chunked_bf16_autocast_finite_and_close():
     x, w, y = _inputs(24, 70, 16, seed=5)
-    ref = build_loss("ce")(x, y, w)
+    ref = LOSSES.build("ce")(x, y, w)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        v = build_loss("ce_chunked", chunk_size=16)(x, y, w)
+        v = LOSSES.build("ce_chunked", chunk_size=16)(x, y, w)
     assert v.dtype == torch.float32
     v.backward()
     assert torch.isfinite(v) and torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
@@ -56,21 +57,21 @@ def test_ce_chunked_bf16_autocast_finite_and_close():
 
 
 def test_ce_chunked_auto_chunk_and_validation():
-    loss = build_loss("ce_chunked", memory_budget_mb=1)
+    loss = LOSSES.build("ce_chunked", memory_budget_mb=1)
     assert loss.resolve_chunk(1024, 10**6) == 256  # 1 MiB / (1024 * 4 B)
     assert loss.resolve_chunk(10, 300) == 300
-    assert loss.predict_bytes(12800, 10**6, 64) < build_loss("ce").predict_bytes(12800, 10**6, 64) / 100
+    assert loss.predict_bytes(12800, 10**6, 64) < LOSSES.build("ce").predict_bytes(12800, 10**6, 64) / 100
     with pytest.raises(ConfigError):
-        build_loss("ce_chunked", chunk_size=0)
+        LOSSES.build("ce_chunked", chunk_size=0)
     with pytest.raises(ConfigError):
-        build_loss("ce_chunked", impl="magic")
+        LOSSES.build("ce_chunked", impl="magic")
     with pytest.raises(ConfigError, match="memory_budget_mb"):
-        build_loss("ce_chunked", memory_budget_mb="lots")
+        LOSSES.build("ce_chunked", memory_budget_mb="lots")
     # the default budget follows the device: 32 MiB on CPU, 512 MiB on CUDA (where launches dominate)
-    auto = build_loss("ce_chunked")
+    auto = LOSSES.build("ce_chunked")
     assert auto.resolve_chunk(1024, 10**6) == 32 * 2**20 // (4 * 1024)
     assert auto.resolve_chunk(1024, 10**6, "cuda") == 512 * 2**20 // (4 * 1024)
-    assert build_loss("ce_chunked", memory_budget_mb=1).resolve_chunk(1024, 10**6, "cuda") == 256
+    assert LOSSES.build("ce_chunked", memory_budget_mb=1).resolve_chunk(1024, 10**6, "cuda") == 256
 
 
 # ---- samplers ---------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_sampler_validation():
     with pytest.raises(ConfigError):
         NegativeSampler(3, "magic")
     with pytest.raises(ConfigError):
-        build_loss("gbce", t=1.5)
+        LOSSES.build("gbce", t=1.5)
 
 
 # ---- sampled losses ---------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def test_gbce_t0_equals_bce(shared):
 
     def run(name, **kw):
         ctx = LossContext(seq_idx=seq, generator=torch.Generator().manual_seed(3))
-        return _value_and_grads(build_loss(name, n_negatives=6, shared=shared, **kw), x, w, y, ctx)
+        return _value_and_grads(LOSSES.build(name, n_negatives=6, shared=shared, **kw), x, w, y, ctx)
 
     for a, b in zip(run("gbce", t=0.0), run("bce"), strict=True):
         torch.testing.assert_close(a, b)
@@ -154,7 +155,7 @@ def test_gbce_t0_equals_bce(shared):
 
 def test_bce_matches_brute_force_and_masks_target():
     x, w, y = _inputs(9, 5, 4, seed=4)
-    loss = build_loss("bce", n_negatives=8)
+    loss = LOSSES.build("bce", n_negatives=8)
     ctx = LossContext(generator=torch.Generator().manual_seed(0))
     v = loss(x, y, w, ctx)
     ids = NegativeSampler(8).sample(y, 5, LossContext(generator=torch.Generator().manual_seed(0))).ids
@@ -166,10 +167,10 @@ def test_bce_matches_brute_force_and_masks_target():
 
 
 def test_gbce_beta_formula():
-    loss = build_loss("gbce", n_negatives=256, t=0.75)
+    loss = LOSSES.build("gbce", n_negatives=256, t=0.75)
     alpha = 256 / 9999
     assert loss.beta(10000) == pytest.approx(alpha * (0.75 * (1 - 1 / alpha) + 1 / alpha))
-    assert build_loss("gbce", n_negatives=10, t=1.0).beta(101) == pytest.approx(0.1)
+    assert LOSSES.build("gbce", n_negatives=10, t=1.0).beta(101) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -181,9 +182,9 @@ def test_sampled_softmax_all_items_equals_ce(shared):
     seq = torch.arange(n) // 5
     ctx = LossContext(seq_idx=seq, hist_offsets=torch.zeros(3, dtype=torch.long),
                       hist_items=torch.zeros(0, dtype=torch.long), generator=torch.Generator().manual_seed(0))
-    loss = build_loss("sampled_softmax", n_negatives=c, sampler="uniform_exclude_seen", shared=shared)
+    loss = LOSSES.build("sampled_softmax", n_negatives=c, sampler="uniform_exclude_seen", shared=shared)
     got = _value_and_grads(loss, x, w, y, ctx)
-    ref = _value_and_grads(build_loss("ce"), x, w, y)
+    ref = _value_and_grads(LOSSES.build("ce"), x, w, y)
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -192,7 +193,7 @@ def test_sampled_softmax_target_drawn_is_masked():
     # a catalog of 2 items: the only negative of each position is the other item or the
     # target itself; with the target masked the loss is CE over the distinct items drawn
     x, w, y = _inputs(50, 2, 3, seed=8)
-    loss = build_loss("sampled_softmax", n_negatives=1, shared=False)
+    loss = LOSSES.build("sampled_softmax", n_negatives=1, shared=False)
     ids = NegativeSampler(1).sample(y, 2, LossContext(generator=torch.Generator().manual_seed(1))).ids[:, 0]
     v = loss(x, y, w, LossContext(generator=torch.Generator().manual_seed(1)))
     s = x @ w.T
@@ -208,7 +209,7 @@ def test_sampled_softmax_logq_and_in_batch_run_finite():
                       generator=torch.Generator().manual_seed(0))
     for kw in ({"logq": True}, {"in_batch": True}, {"logq": True, "in_batch": True, "sampler": "popularity"}):
         x.grad = w.grad = None
-        v = build_loss("sampled_softmax", n_negatives=7, **kw)(x, y, w, ctx)
+        v = LOSSES.build("sampled_softmax", n_negatives=7, **kw)(x, y, w, ctx)
         v.backward()
         assert torch.isfinite(v) and torch.isfinite(w.grad).all()
 
@@ -217,8 +218,8 @@ def test_logq_uniform_full_draw_matches_ce_shift():
     # uniform draws: logq adds log(C/n) to every negative -> equal to CE with negatives weighted C/n
     x, w, y = _inputs(6, 8, 3, seed=10)
     ctx = lambda: LossContext(generator=torch.Generator().manual_seed(2))  # noqa: E731
-    plain = build_loss("sampled_softmax", n_negatives=4, shared=False)(x, y, w, ctx())
-    corr = build_loss("sampled_softmax", n_negatives=4, shared=False, logq=True)(x, y, w, ctx())
+    plain = LOSSES.build("sampled_softmax", n_negatives=4, shared=False)(x, y, w, ctx())
+    corr = LOSSES.build("sampled_softmax", n_negatives=4, shared=False, logq=True)(x, y, w, ctx())
     assert corr > plain  # log(8/4) > 0 raises every negative logit
 
 
@@ -227,7 +228,7 @@ def test_sampled_losses_finite_under_bf16_autocast():
     for name in ("bce", "gbce", "sampled_softmax"):
         x.grad = w.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            v = build_loss(name, n_negatives=5)(x, y, w, LossContext(seq_idx=torch.arange(16) // 4))
+            v = LOSSES.build(name, n_negatives=5)(x, y, w, LossContext(seq_idx=torch.arange(16) // 4))
         v.backward()
         assert torch.isfinite(v) and torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
 
@@ -237,7 +238,7 @@ def test_per_position_chunking_does_not_change_result():
 
     def run(budget):
         ctx = LossContext(generator=torch.Generator().manual_seed(5))
-        return _value_and_grads(build_loss("gbce", n_negatives=16, memory_budget_mb=budget), x, w, y, ctx)
+        return _value_and_grads(LOSSES.build("gbce", n_negatives=16, memory_budget_mb=budget), x, w, y, ctx)
 
     for a, b in zip(run(1e-3), run(64), strict=True):  # 1 KB -> one position per chunk
         torch.testing.assert_close(a, b)

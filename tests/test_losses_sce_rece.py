@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from seqrec.errors import ConfigError
-from seqrec.losses import LossContext, build_loss
+from seqrec.losses import LossContext, kernels, sce_variants
+from seqrec.losses.kernels import topk_rows_chunked
 from seqrec.losses.rece import rece_hash
-from seqrec.losses.sce import sce_select, topk_rows_chunked
+from seqrec.losses.sce import sce_select
+from seqrec.registry import LOSSES
 
 
 def _inputs(n=12, c=17, d=6, seed=0, dup_targets=True):
@@ -60,7 +62,7 @@ def test_sce_covering_buckets_equal_full_ce(mix_x, n_buckets):
     # every bucket holds every position and every item: each bucket's loss is the full CE, so the
     # max over buckets is too (ties share the gradient, they must not multiply it)
     x, w, y = _inputs()
-    loss = build_loss("sce", n_buckets=n_buckets, bucket_size_x=x.shape[0], bucket_size_y=w.shape[0], mix_x=mix_x)
+    loss = LOSSES.build("sce", n_buckets=n_buckets, bucket_size_x=x.shape[0], bucket_size_y=w.shape[0], mix_x=mix_x)
     ctx = _ctx()
     got = _value_and_grads(lambda: loss(x, y, w, ctx), x, w)
     _assert_same(got, _full_ce(x, w, y))
@@ -90,7 +92,7 @@ def test_sce_matches_bruteforce_reference(mix_x):
     idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, mix_x, torch.Generator().manual_seed(5))
     assert idx_x.unique().numel() < x.shape[0]  # some positions are left out: coverage < 1
     ref = _value_and_grads(lambda: _sce_reference(x, w, y, idx_x, idx_y), x, w)
-    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=mix_x)
+    loss = LOSSES.build("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=mix_x)
     ctx = _ctx(5)
     got = _value_and_grads(lambda: loss(x, y, w, ctx), x, w)
     _assert_same(got, ref)
@@ -101,9 +103,7 @@ def test_sce_cover_gives_every_position_a_loss(monkeypatch):
     # cover: positions no bucket picked get extra buckets of their own (a short last one padded
     # with the scratch index N); value and gradients equal the brute-force reference on the
     # extended membership, and the scratch row adds nothing
-    import seqrec.losses.sce as sce
-
-    monkeypatch.setattr(sce, "BLOCK_ELEMS", 256)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMS", 256)
     x, w, y = _inputs(n=30, c=25, d=8, seed=7)
     n_b, k_x, k_y = 4, 5, 6
     plain_x, _ = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(5))
@@ -118,7 +118,7 @@ def test_sce_cover_gives_every_position_a_loss(monkeypatch):
         return _sce_reference(x1, w, y1, idx_x, idx_y, n_real=x.shape[0])
 
     ref = _value_and_grads(reference, x, w)
-    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, cover=True)
+    loss = LOSSES.build("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, cover=True)
     ctx = _ctx(5)
     got = _value_and_grads(lambda: loss(x, y, w, ctx), x, w)
     _assert_same(got, ref)
@@ -144,43 +144,37 @@ def _sce_union_reference(x, w, y, idx_x, idx_y):
 @pytest.mark.parametrize("n,c,n_b,k_x,k_y,seed", [(20, 30, 4, 6, 7, 3), (20, 30, 40, 15, 9, 4)])
 def test_sce_union_matches_bruteforce(monkeypatch, dense, n, c, n_b, k_x, k_y, seed):
     # an item in several of a position's buckets counts once; small blocks cut the groups up
-    import seqrec.losses.sce as sce
-
-    monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
-    monkeypatch.setattr(sce, "UNION_DENSE_RATIO", 1e9 if dense else 0)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMS", 64)
+    monkeypatch.setattr(sce_variants, "UNION_DENSE_RATIO", 1e9 if dense else 0)
     x, w, y = _inputs(n=n, c=c, d=8, seed=seed)
     idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(5))
     ref = _value_and_grads(lambda: _sce_union_reference(x, w, y, idx_x, idx_y), x, w)
-    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, union=True)
+    loss = LOSSES.build("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, union=True)
     ctx = _ctx(5)
     _assert_same(_value_and_grads(lambda: loss(x, y, w, ctx), x, w), ref)
     assert ctx.stats["sce_coverage"] == pytest.approx(idx_x.unique().numel() / n)
     # the union is never a smaller softmax than the max rule's single bucket
-    plain = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y)
+    plain = LOSSES.build("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y)
     assert float(ref[0]) >= float(plain(x, y, w, _ctx(5)).detach()) - 1e-6
 
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_sce_union_covering_buckets_equal_full_ce(monkeypatch, dense):
-    import seqrec.losses.sce as sce
-
-    monkeypatch.setattr(sce, "UNION_DENSE_RATIO", 1e9 if dense else 0)
+    monkeypatch.setattr(sce_variants, "UNION_DENSE_RATIO", 1e9 if dense else 0)
     x, w, y = _inputs()
-    loss = build_loss("sce", n_buckets=3, bucket_size_x=x.shape[0], bucket_size_y=w.shape[0], union=True)
+    loss = LOSSES.build("sce", n_buckets=3, bucket_size_x=x.shape[0], bucket_size_y=w.shape[0], union=True)
     _assert_same(_value_and_grads(lambda: loss(x, y, w, _ctx()), x, w), _full_ce(x, w, y))
 
 
 def test_sce_many_buckets_per_position_in_small_blocks(monkeypatch):
     # dozens of buckets per position (the padded-batch rule on short histories) and working blocks
     # far smaller than one bucket: forward groups and backward's winner rows are cut into pieces
-    import seqrec.losses.sce as sce
-
-    monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMS", 64)
     x, w, y = _inputs(n=20, c=30, d=8, seed=4, dup_targets=True)
     n_b, k_x, k_y = 40, 15, 9
     idx_x, idx_y = sce_select(x, w, n_b, k_x, k_y, True, torch.Generator().manual_seed(2))
     ref = _value_and_grads(lambda: _sce_reference(x, w, y, idx_x, idx_y), x, w)
-    loss = build_loss("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=True)
+    loss = LOSSES.build("sce", n_buckets=n_b, bucket_size_x=k_x, bucket_size_y=k_y, mix_x=True)
     _assert_same(_value_and_grads(lambda: loss(x, y, w, _ctx(2)), x, w), ref)
 
 
@@ -189,7 +183,7 @@ def test_sce_target_among_bucket_items_is_masked():
     idx_x, idx_y = sce_select(x, w, 5, 10, 6, True, torch.Generator().manual_seed(0))
     # every bucket holds every item, so each position's target is among its bucket's items
     assert bool((y[idx_x].unsqueeze(2) == idx_y.unsqueeze(1)).any(2).all())
-    loss = build_loss("sce", n_buckets=5, bucket_size_x=10, bucket_size_y=6)(x, y, w, _ctx())
+    loss = LOSSES.build("sce", n_buckets=5, bucket_size_x=10, bucket_size_y=6)(x, y, w, _ctx())
     assert float(loss.detach()) < 1e-3  # log 2 if the target were also a negative
 
 
@@ -212,7 +206,7 @@ def test_chunked_topk_equals_plain_topk(chunk, merge_every):
 
 
 def test_sce_auto_rule():
-    loss = build_loss("sce")
+    loss = LOSSES.build("sce")
     n_b, k_x, k_y = loss.resolve(12800, 100_000)
     assert n_b == k_x == int(2 * math.sqrt(12800)) and k_y == 256
     assert loss.resolve(10, 100) == (6, 6, 100)  # k_y clipped to the catalog
@@ -223,7 +217,7 @@ def test_sce_auto_rule():
 
 def test_sce_auto_uses_ctx_capacity():
     x, w, y = _inputs(n=200, c=50)
-    loss = build_loss("sce")
+    loss = LOSSES.build("sce")
     plain, padded = _ctx(), _ctx()
     padded.capacity = 10_000
     loss(x, y, w, plain)
@@ -233,13 +227,44 @@ def test_sce_auto_uses_ctx_capacity():
     assert padded.stats["sce_coverage"] == 1.0
 
 
+@pytest.mark.parametrize("params", [{}, {"union": True}, {"n_buckets": 7, "bucket_size_y": "auto"}])
+def test_sce_predict_bytes_sizes_buckets_as_forward(monkeypatch, params):
+    # the buckets forward selects (read at sce_select) are the ones predict_bytes sizes, given the
+    # same capacity; without the capacity the "auto" rule would size them from N instead
+    import seqrec.losses.sce as sce_module
+
+    x, w, y = _inputs(n=60, c=300, d=8)
+    loss = LOSSES.build("sce", **params)
+    used, sized = [], []
+    select, resolve = sce_module.sce_select, sce_module.SCE.resolve
+
+    def spy_select(hidden, item_emb, n_b, k_x, k_y, *args):
+        used.append((n_b, k_x, k_y))
+        return select(hidden, item_emb, n_b, k_x, k_y, *args)
+
+    def spy_resolve(self, *args, **kw):
+        sized.append(resolve(self, *args, **kw))
+        return sized[-1]
+
+    monkeypatch.setattr(sce_module, "sce_select", spy_select)
+    monkeypatch.setattr(sce_module.SCE, "resolve", spy_resolve)
+    ctx = _ctx()
+    ctx.capacity = 16 * 25
+    loss(x, y, w, ctx)
+    sized.clear()
+    with_cap = loss.predict_bytes(60, 300, 8, capacity=ctx.capacity)
+    assert sized == used
+    if "n_buckets" not in params:  # "auto" buckets: the capacity changes the prediction
+        assert loss.predict_bytes(60, 300, 8) != with_cap and sized[-1] != used[0]
+
+
 # ------------------------------------------------------------------ RECE
 @pytest.mark.parametrize("n_extra_chunks,rounds", [(0, 1), (2, 1), (0, 3), (1, 4)])
 def test_rece_single_chunk_equals_full_ce(n_extra_chunks, rounds):
     # one chunk holds the whole catalog; with r rounds every item is met r times and the
     # log-multiplicity correction must bring it back to once
     x, w, y = _inputs()
-    loss = build_loss("rece", n_buckets=1, n_extra_chunks=n_extra_chunks, rounds=rounds)
+    loss = LOSSES.build("rece", n_buckets=1, n_extra_chunks=n_extra_chunks, rounds=rounds)
     got = _value_and_grads(lambda: loss(x, y, w, _ctx()), x, w)
     _assert_same(got, _full_ce(x, w, y))
 
@@ -258,7 +283,7 @@ def _rece_reference(x, w, y, h, n_extra):
 @pytest.mark.parametrize("n,c,n_buckets,n_extra,rounds", [(11, 13, 4, 1, 3), (9, 23, 3, 0, 2), (16, 10, 5, 2, 1)])
 def test_rece_matches_bruteforce_reference(n, c, n_buckets, n_extra, rounds):
     x, w, y = _inputs(n=n, c=c, d=5, seed=7)
-    loss = build_loss("rece", n_buckets=n_buckets, n_extra_chunks=n_extra, rounds=rounds)
+    loss = LOSSES.build("rece", n_buckets=n_buckets, n_extra_chunks=n_extra, rounds=rounds)
     _, n_c = loss.resolve(n, c)
     h = rece_hash(x, w, n_buckets, n_c, rounds, torch.Generator().manual_seed(2))
     ref = _value_and_grads(lambda: _rece_reference(x, w, y, h, n_extra)[0], x, w)
@@ -274,11 +299,9 @@ def test_rece_matches_bruteforce_reference(n, c, n_buckets, n_extra, rounds):
 def test_rece_small_blocks_match_bruteforce(monkeypatch):
     # working blocks of one chunk each (as on CPU at C = 1M) vs one block for everything (as the
     # larger CUDA blocks do on small inputs): the same value and gradients as the reference
-    import seqrec.losses.sce as sce
-
-    monkeypatch.setattr(sce, "BLOCK_ELEMS", 64)
+    monkeypatch.setattr(kernels, "BLOCK_ELEMS", 64)
     x, w, y = _inputs(n=30, c=41, d=5, seed=9)
-    loss = build_loss("rece", n_buckets=6, n_extra_chunks=1, rounds=3)
+    loss = LOSSES.build("rece", n_buckets=6, n_extra_chunks=1, rounds=3)
     _, n_c = loss.resolve(30, 41)
     h = rece_hash(x, w, 6, n_c, 3, torch.Generator().manual_seed(4))
     ref = _value_and_grads(lambda: _rece_reference(x, w, y, h, 1)[0], x, w)
@@ -298,35 +321,35 @@ def test_rece_padding_never_selected():
     # padding rows would add exp(<x, w_0>) terms: the brute-force equality above would catch them;
     # here: with padding everywhere but one real item per chunk, the loss stays finite and exact
     x2, w2, y2 = _inputs(n=3, c=5, d=4, seed=1)
-    loss = build_loss("rece", n_buckets=1, rounds=1)
+    loss = LOSSES.build("rece", n_buckets=1, rounds=1)
     _assert_same(_value_and_grads(lambda: loss(x2, y2, w2, _ctx()), x2, w2), _full_ce(x2, w2, y2))
 
 
 def test_rece_target_never_a_negative():
     x, w, y = _confident(n=10, c=6, d=8)
-    loss = build_loss("rece", n_buckets=1, n_extra_chunks=0, rounds=2)(x, y, w, _ctx())
+    loss = LOSSES.build("rece", n_buckets=1, n_extra_chunks=0, rounds=2)(x, y, w, _ctx())
     assert float(loss.detach()) < 1e-3  # log 2 if the target were also a negative
 
 
 def test_rece_auto_rule():
-    loss = build_loss("rece", n_extra_chunks=1)
+    loss = LOSSES.build("rece", n_extra_chunks=1)
     n_b, n_c = loss.resolve(12800, 100_000)
     assert n_b == n_c == int(math.sqrt(4 * 3 * 12800))
     assert loss.resolve(20, 5)[1] == 5  # never more chunks than items (or positions)
 
 
 # ------------------------------------------------------------------ both
-LOSSES = [("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8}),
+CASES = [("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8}),
           ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8, "cover": True}),
           ("sce", {"n_buckets": 3, "bucket_size_x": 5, "bucket_size_y": 8, "union": True, "cover": True}),
           ("sce", {"n_buckets": 20, "bucket_size_x": 10, "bucket_size_y": 20, "union": True}),  # dense
           ("rece", {"n_buckets": 3, "n_extra_chunks": 1, "rounds": 2})]
 
 
-@pytest.mark.parametrize("name,params", LOSSES)
+@pytest.mark.parametrize("name,params", CASES)
 def test_deterministic_under_seed(name, params):
     x, w, y = _inputs(n=20, c=40, d=6)
-    loss = build_loss(name, **params)
+    loss = LOSSES.build(name, **params)
     a = _value_and_grads(lambda: loss(x, y, w, _ctx(11)), x, w)
     b = _value_and_grads(lambda: loss(x, y, w, _ctx(11)), x, w)
     _assert_same(a, b, atol=0)
@@ -334,10 +357,10 @@ def test_deterministic_under_seed(name, params):
     assert len(vals) > 1  # the seed does drive the selection
 
 
-@pytest.mark.parametrize("name,params", LOSSES)
+@pytest.mark.parametrize("name,params", CASES)
 def test_finite_under_bf16_autocast(name, params):
     x, w, y = _inputs(n=24, c=50, d=8)
-    loss = build_loss(name, **params)
+    loss = LOSSES.build(name, **params)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         val = loss(x, y, w, _ctx())
     val.backward()
@@ -347,20 +370,20 @@ def test_finite_under_bf16_autocast(name, params):
     assert float(val.detach()) == pytest.approx(float(loss(x, y, w, _ctx()).detach()), rel=0.05)
 
 
-@pytest.mark.parametrize("name,params", LOSSES)
+@pytest.mark.parametrize("name,params", CASES)
 def test_hidden_in_bf16(name, params):
     x, w, y = _inputs(n=24, c=50, d=8)
     xb = x.detach().bfloat16().requires_grad_()
-    val = build_loss(name, **params)(xb, y, w, _ctx())
+    val = LOSSES.build(name, **params)(xb, y, w, _ctx())
     val.backward()
     assert torch.isfinite(val) and xb.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize("name,params", [("sce", {}), ("sce", {"union": True}), ("rece", {})])
 def test_predict_bytes_is_sublinear(name, params):
-    loss = build_loss(name, **params)
+    loss = LOSSES.build(name, **params)
     small, large = loss.predict_bytes(12800, 100_000, 64), loss.predict_bytes(12800, 1_000_000, 64)
-    ce = build_loss("ce").predict_bytes(12800, 100_000, 64)
+    ce = LOSSES.build("ce").predict_bytes(12800, 100_000, 64)
     assert 0 < small < ce / 40 and small < large < 2 * 1024**3
 
 
@@ -371,9 +394,9 @@ def test_predict_bytes_is_sublinear(name, params):
                                       ("rece", {"n_extra_chunks": -1}), ("rece", {"n_buckets": 2.5})])
 def test_bad_parameters_raise_config_error(name, bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
-        build_loss(name, **bad)
+        LOSSES.build(name, **bad)
 
 
 def test_params_from_config_strings():
-    loss = build_loss("sce", bucket_size_y="512", mix_x="false")
+    loss = LOSSES.build("sce", bucket_size_y="512", mix_x="false")
     assert loss.bucket_size_y == 512 and loss.mix_x is False

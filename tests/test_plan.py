@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from seqrec.losses import build_loss
 from seqrec.plan import plan, predict_memory
+from seqrec.registry import LOSSES
 
 
 @pytest.mark.parametrize("model,heads", [("sasrec", 1), ("bert4rec", 2)])
@@ -24,10 +24,20 @@ def test_components_add_up_and_loss_uses_its_prediction():
     mem = predict_memory(100_000, 64, 200, 64, 2, 1, "gbce", {"n_negatives": 128}, tokens=12_800)
     assert mem["total"] == sum(v for k, v in mem.items() if k != "total")
     emb_grad = 100_000 * 64 * 4  # counted under "gradients", not again under "loss"
-    assert mem["loss"] == build_loss("gbce", n_negatives=128).predict_bytes(12_800, 100_000, 64, 4) - emb_grad
+    assert mem["loss"] == LOSSES.build("gbce", n_negatives=128).predict_bytes(12_800, 100_000, 64, 4) - emb_grad
     # tokens defaults to every position of the padded batch
     full = predict_memory(100_000, 64, 200, 64, 2, 1, "ce")
-    assert full["loss"] == build_loss("ce").predict_bytes(64 * 200, 100_000, 64, 4) - emb_grad
+    assert full["loss"] == LOSSES.build("ce").predict_bytes(64 * 200, 100_000, 64, 4) - emb_grad
+
+
+def test_sce_sized_with_the_training_capacity():
+    # training passes ctx.capacity = batch_size * max_len and SCE's "auto" buckets follow it;
+    # plan must size them the same way, also when fewer tokens reach the loss
+    emb_grad = 100_000 * 64 * 4
+    mem = predict_memory(100_000, 64, 200, 64, 2, 1, "sce", tokens=1_000)
+    sce = LOSSES.build("sce")
+    assert mem["loss"] == sce.predict_bytes(1_000, 100_000, 64, 4, capacity=64 * 200) - emb_grad
+    assert mem["loss"] != sce.predict_bytes(1_000, 100_000, 64, 4) - emb_grad
 
 
 def test_ce_chunked_fits_where_ce_does_not():

@@ -6,7 +6,7 @@ import click
 
 from seqrec.cli.options import overrides, plugin_option, set_option
 from seqrec.errors import ConfigError
-from seqrec.plan import _catalog, _fmt, predict_memory
+from seqrec.plan import catalog_size, fmt_bytes, predict_memory
 
 
 @click.command("plan")
@@ -28,7 +28,7 @@ def plan(config: str | None, dataset: str | None, data_dir: str | None, catalog:
     flags = {"loss.name": loss_name, "data.dataset": dataset, "data.data_dir": data_dir}
     cfg = load_config(config, {k: v for k, v in flags.items() if v is not None} | overrides(sets))
     if catalog is None:
-        catalog = _catalog(cfg)
+        catalog = catalog_size(cfg)
     if catalog < 1 or (tokens is not None and tokens < 1):
         raise ConfigError("--catalog and --tokens must be positive")
     from seqrec.registry import MODELS
@@ -46,7 +46,7 @@ def plan(config: str | None, dataset: str | None, data_dir: str | None, catalog:
                f"d={m['d']}, {m['n_blocks']} blocks, {m['n_heads']} heads; loss {cfg.loss.name} {loss_params or ''}")
     click.echo("\n| component | predicted peak |\n|---|---|")
     for k, v in mem.items():
-        click.echo(f"| {k} | {_fmt(v)} |")
+        click.echo(f"| {k} | {fmt_bytes(v)} |")
     click.echo("\n| loss | loss step | total step |\n|---|---|---|")
     for name in LOSSES.names():
         params = loss_params if name == cfg.loss.name else {}
@@ -55,7 +55,7 @@ def plan(config: str | None, dataset: str | None, data_dir: str | None, catalog:
         except NotImplementedError:
             click.echo(f"| {name} | (no prediction) | |")
             continue
-        click.echo(f"| {name}{' (configured)' if name == cfg.loss.name else ''} | {_fmt(row['loss'])} | "
-                   f"{_fmt(row['total'])} |")
+        click.echo(f"| {name}{' (configured)' if name == cfg.loss.name else ''} | {fmt_bytes(row['loss'])} | "
+                   f"{fmt_bytes(row['total'])} |")
     click.echo("\nLosses with default parameters except the configured one; measured against "
                "`seqrec bench losses` (see docs/losses.md).")

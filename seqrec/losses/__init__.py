@@ -1,12 +1,11 @@
-"""Training objectives, chosen by name. Every loss follows the contract in ``base.py``."""
+"""Training objectives, built by name through ``seqrec.registry.LOSSES``:
 
-from seqrec.losses import (
-    ce,  # noqa: F401
-    ce_chunked,  # noqa: F401
-    rece,  # noqa: F401
-    sampled,  # noqa: F401
-    sce,  # noqa: F401
-)
-from seqrec.losses.base import LOSSES, Loss, LossContext, build_loss, register_loss
+    from seqrec.registry import LOSSES
+    loss = LOSSES.build("sce", n_buckets=256)
 
-__all__ = ["LOSSES", "Loss", "LossContext", "build_loss", "register_loss"]
+Every loss follows the contract in ``base.py``.
+"""
+
+from seqrec.losses.base import Loss, LossContext
+
+__all__ = ["Loss", "LossContext"]

@@ -7,8 +7,10 @@ memory-efficient objective stays memory-efficient. See ../shared/design/losses.m
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -41,7 +43,9 @@ class LossContext:
 class Loss:
     """Base class: the constructor stores hyper-parameters (validated), ``__call__`` computes.
 
-    Subclasses set ``name`` and implement ``forward``. ``predict_bytes`` gives the analytic peak
+    Subclasses implement ``forward`` and are registered by name in ``seqrec.registry.LOSSES``
+    (which sets ``name``); the constructor's type hints are what the registry validates a config
+    against, so they must admit every valid value. ``predict_bytes`` gives the analytic peak
     extra memory of one forward+backward (used by ``seqrec plan`` and ``seqrec bench losses``).
     """
 
@@ -58,7 +62,9 @@ class Loss:
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
-    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
+        """Peak extra bytes of one forward+backward on n positions, c items, width d; ``capacity``
+        is ``ctx.capacity`` of training (batch_size x max_len), for losses sized from it."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -66,21 +72,47 @@ class Loss:
         return f"{type(self).__name__}({args})"
 
 
-LOSSES: dict[str, type[Loss]] = {}
+# -- validation helpers: one-line ConfigErrors that name the config key ("loss.n_buckets") --------
+# The registry has already coerced config strings to the constructor's type hints; these check ranges
+# (and types, for a loss built directly).
+
+def check_int(key: str, value: Any, low: int) -> int:
+    """``value`` as an int >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"loss.{key} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
-def register_loss(cls: type[Loss]) -> type[Loss]:
-    LOSSES[cls.name] = cls
-    return cls
+def check_size(key: str, value: Any) -> int | Literal["auto"]:
+    """A positive integer or "auto"."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"loss.{key} must be a positive integer or 'auto', got {value!r}")
+    return int(value)
 
 
-def build_loss(name: str, **params: Any) -> Loss:
-    """Instantiate a registered loss by name with keyword hyper-parameters."""
-    from seqrec import losses as _  # noqa: F401  (registers the built-in losses)
+def check_number(key: str, value: Any, low: float = -math.inf, high: float = math.inf,
+                 low_open: bool = False) -> float:
+    """A real number (not NaN) in [low, high], or (low, high] with ``low_open``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        if high < math.inf:
+            bound = f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+        else:
+            bound = f" {'>' if low_open else '>='} {low:g}" if low > -math.inf else ""
+        raise ConfigError(f"loss.{key} must be a number{bound}, got {value!r}")
+    return float(value)
 
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
-    try:
-        return LOSSES[name](**params)
-    except TypeError as e:
-        raise ConfigError(f"bad parameters for loss {name!r}: {e}") from None
+
+def check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"loss.{key} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"loss.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value

@@ -11,12 +11,11 @@ allocated and faulted in, which on CPU usually makes it *faster* than full CE at
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from seqrec.errors import ConfigError
-from seqrec.losses.base import Loss, LossContext, register_loss
+from seqrec.losses.base import Loss, LossContext, check_choice, check_number, check_size
 
 
 def _compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
@@ -99,7 +98,6 @@ class _ChunkedCE(torch.autograd.Function):
         return dx, dw, None, None, None
 
 
-@register_loss
 class ChunkedCE(Loss):
     """Exact full-catalog CE in O(N*chunk + C*d) memory.
 
@@ -111,19 +109,12 @@ class ChunkedCE(Loss):
         or Liger's fused kernel when one is installed and takes the inputs' dtypes; else chunked).
     """
 
-    name = "ce_chunked"
-
-    def __init__(self, chunk_size: int | str = "auto", memory_budget_mb: float | str = "auto",
-                 impl: str = "chunked") -> None:
-        if not (chunk_size == "auto" or (isinstance(chunk_size, int) and chunk_size > 0)):
-            raise ConfigError(f"ce_chunked: chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
-        if not (memory_budget_mb == "auto" or (isinstance(memory_budget_mb, int | float) and memory_budget_mb > 0)):
-            raise ConfigError(f"ce_chunked: memory_budget_mb must be 'auto' or > 0, got {memory_budget_mb!r}")
-        if impl not in ("chunked", "auto"):
-            raise ConfigError(f"ce_chunked: impl must be 'chunked' or 'auto', got {impl!r}")
-        self.chunk_size = chunk_size
-        self.memory_budget_mb = memory_budget_mb
-        self.impl = impl
+    def __init__(self, chunk_size: int | Literal["auto"] = "auto", memory_budget_mb: float | Literal["auto"] = "auto",
+                 impl: Literal["chunked", "auto"] = "chunked") -> None:
+        self.chunk_size = check_size("chunk_size", chunk_size)
+        self.memory_budget_mb = (memory_budget_mb if memory_budget_mb == "auto"
+                                 else check_number("memory_budget_mb", memory_budget_mb, 0, low_open=True))
+        self.impl = check_choice("impl", impl, ("chunked", "auto"))
 
     def resolve_chunk(self, n: int, c: int, device_type: str = "cpu") -> int:
         """Items per chunk for ``n`` positions and ``c`` items on ``device_type`` ("cpu", "cuda")."""
@@ -144,7 +135,7 @@ class ChunkedCE(Loss):
         cdtype = _compute_dtype(hidden, item_emb)
         return _ChunkedCE.apply(hidden, item_emb, targets, chunk, cdtype)
 
-    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         chunk = self.resolve_chunk(n, c)  # CPU budget (like `seqrec plan`); CUDA's "auto" buffer is larger
         # one [N, chunk] work buffer (+ its float32 copy under autocast), dW [C, d], dX [N, d] and
         # its scaled copy, a few [N] vectors, allocator/autograd bookkeeping (4 MiB, measured)

@@ -17,24 +17,18 @@ round (|chunk_x - chunk_w| <= n_ec), so memory is one block plus the [C, d] grad
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
-from seqrec.losses.base import Loss, LossContext, register_loss
-from seqrec.losses.sce import (
-    BLOCK_ELEMS,
-    _autocast_state,
-    _bmm,
-    _check_size,
-    _positive_logits,
-    block_elems,
-)
+from seqrec.losses.base import Loss, LossContext, check_int, check_size
+from seqrec.losses.kernels import add_positive_grad, autocast_state, block_elems, bmm, positive_logits
 
 
 @torch.no_grad()
 def _bucket_ids(vectors: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     """argmax_b <proj[b], vectors[i]> for every row, [M] int64, scanned in row chunks."""
-    chunk = max(1, BLOCK_ELEMS // proj.shape[0])
+    chunk = max(1, block_elems() // proj.shape[0])
     p = proj.T
     # one preallocated result: keeping each chunk's small argmax alive between the big score
     # buffers fragments the heap (glibc) and grew RSS by ~1.5 GB at C = 1M
@@ -84,12 +78,12 @@ class _Plan:
     """Static shapes of one RECE evaluation (chunks, window, group size)."""
 
     def __init__(self, n: int, c: int, d: int, n_chunks: int, n_extra: int, rounds: int,
-                 elems: int = BLOCK_ELEMS) -> None:
+                 elems: int | None = None) -> None:
         self.n_c, self.e, self.r = n_chunks, n_extra, rounds
         self.p, self.q = -(-n // n_chunks), -(-c // n_chunks)
         self.window = (2 * n_extra + 1) * self.q  # candidate items per position chunk
         per_chunk = self.p * self.window + self.window * d + self.p * d
-        self.g = max(1, min(n_chunks, elems // per_chunk))  # chunks per working block
+        self.g = max(1, min(n_chunks, (elems or block_elems()) // per_chunk))  # chunks per working block
 
 
 class _Round:
@@ -131,7 +125,7 @@ def _block(targets, h, plan: _Plan, rt: _Round, k0: int, ac):
     xb = rt.xs[k0 * p:k1 * p].view(g, p, -1)
     # the group's item rows, (G + 2 n_ec) chunks, gathered once; windows are views into them
     wb = _window(rt.item_emb[rt.ow[k0 * q:(k1 + 2 * e) * q].clamp(min=0)], 0, g, plan)
-    logits = _bmm(xb, wb, ac)
+    logits = bmm(xb, wb, ac)
     if plan.r > 1:
         # times this (position, item) pair is met over all rounds: neighbour chunks in round t
         # (always in this round, so count = 1 + matches in the other rounds)
@@ -161,8 +155,8 @@ class _RECEFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, item_emb, targets, plan, *h_tensors):
         h = dict(zip(KEYS, h_tensors, strict=True))
-        ac = _autocast_state(hidden.device.type)
-        pos = _positive_logits(hidden, item_emb, targets)
+        ac = autocast_state(hidden.device.type)
+        pos = positive_logits(hidden, item_emb, targets)
         n = pos.shape[0]
         # running log-sum-exp over [positive, candidates of every round], plus one scratch slot
         # that padding slots write to (index writes without a boolean mask: no host sync)
@@ -217,17 +211,15 @@ class _RECEFunction(torch.autograd.Function):
             dx.index_add_(0, h["order_x"][rnd][valid], dxs[valid])
             del dxs
             # back to catalog order: item i sits at slot rank_w[i] (+ the n_ec leading empty chunks)
-            step = max(1, BLOCK_ELEMS // d)
+            step = max(1, block_elems() // d)
             for c0 in range(0, c, step):
                 dw[c0:c0 + step].add_(dws.index_select(0, h["rank_w"][rnd, c0:c0 + step] + eq))
             del dws
-        dpos = g * (torch.exp(pos - lse) - 1.0)  # softmax - 1 on the appended true class
-        dx.add_(dpos.unsqueeze(1) * item_emb[targets].float())
-        dw.index_add_(0, targets, dpos.unsqueeze(1) * hidden.float())
+        # softmax - 1 on the appended true class
+        add_positive_grad(dx, dw, g * (torch.exp(pos - lse) - 1.0), hidden, item_emb, targets)
         return (dx.to(hidden.dtype), dw.to(item_emb.dtype)) + (None,) * (2 + len(KEYS))
 
 
-@register_loss
 class RECE(Loss):
     """Reduced Cross-Entropy.
 
@@ -244,18 +236,12 @@ class RECE(Loss):
         Buckets per chunk; n_c = n_b / buckets_per_chunk chunks (1, as in the paper).
     """
 
-    name = "rece"
-
-    def __init__(self, n_buckets: int | str = "auto", n_extra_chunks: int = 1, rounds: int = 2,
+    def __init__(self, n_buckets: int | Literal["auto"] = "auto", n_extra_chunks: int = 1, rounds: int = 2,
                  buckets_per_chunk: int = 1) -> None:
-        self.n_buckets = _check_size("n_buckets", n_buckets)
-        if isinstance(n_extra_chunks, str) and n_extra_chunks.strip().isdigit():
-            n_extra_chunks = int(n_extra_chunks)
-        if n_extra_chunks != 0:
-            n_extra_chunks = _check_size("n_extra_chunks", n_extra_chunks, allow_auto=False)
-        self.n_extra_chunks = n_extra_chunks
-        self.rounds = _check_size("rounds", rounds, allow_auto=False)
-        self.buckets_per_chunk = _check_size("buckets_per_chunk", buckets_per_chunk, allow_auto=False)
+        self.n_buckets = check_size("n_buckets", n_buckets)
+        self.n_extra_chunks = check_int("n_extra_chunks", n_extra_chunks, 0)
+        self.rounds = check_int("rounds", rounds, 1)
+        self.buckets_per_chunk = check_int("buckets_per_chunk", buckets_per_chunk, 1)
 
     def resolve(self, n: int, c: int) -> tuple[int, int]:
         """(n_b, n_c) used for a batch of n positions and a catalog of c items."""
@@ -280,7 +266,7 @@ class RECE(Loss):
         ctx.stats["rece_n_chunks"] = float(n_c)
         return per_pos.mean()
 
-    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         _, n_c = self.resolve(n, c)
         plan = _Plan(n, c, d, n_c, self.n_extra_chunks, self.rounds)
         grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)

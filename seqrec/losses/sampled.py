@@ -11,14 +11,12 @@ A negative equal to the position's target is always masked (excluded from BCE, -
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from seqrec.errors import ConfigError
-from seqrec.losses.base import Loss, LossContext, register_loss
-from seqrec.losses.sampling import Negatives, NegativeSampler
+from seqrec.losses.base import Loss, LossContext, check_bool, check_number
+from seqrec.losses.sampling import Negatives, NegativeSampler, Sampler
 
 # allocator and autograd bookkeeping of a step, measured with seqrec bench losses
 _OVERHEAD = 4 * 2**20
@@ -114,16 +112,14 @@ def _pack(seq: torch.Tensor, r: int) -> tuple[torch.Tensor, int]:
 class SampledLoss(Loss):
     """Shared machinery: sampler, validated knobs, positive/negative logits with masks."""
 
-    def __init__(self, n_negatives: int = 1, sampler: str = "uniform", shared: bool = False,
+    def __init__(self, n_negatives: int = 1, sampler: Sampler = "uniform", shared: bool = False,
                  pop_alpha: float = 1.0, memory_budget_mb: float = 16.0) -> None:
-        self._sampler = NegativeSampler(n_negatives, sampler, shared, pop_alpha)  # validates
-        if not memory_budget_mb > 0:
-            raise ConfigError(f"{self.name}: memory_budget_mb must be > 0, got {memory_budget_mb!r}")
-        self.n_negatives = n_negatives
-        self.sampler = sampler
-        self.shared = bool(shared)
-        self.pop_alpha = float(pop_alpha)
-        self.memory_budget_mb = float(memory_budget_mb)
+        self._sampler = NegativeSampler(n_negatives, sampler, shared, pop_alpha)  # validates them
+        self.n_negatives = self._sampler.n_negatives
+        self.sampler = self._sampler.sampler
+        self.shared = self._sampler.shared
+        self.pop_alpha = self._sampler.pop_alpha
+        self.memory_budget_mb = check_number("memory_budget_mb", memory_budget_mb, 0, low_open=True)
 
     def _chunk(self, d: int) -> int:
         return max(1, int(self.memory_budget_mb * 2**20 // (4 * d * self.n_negatives)))
@@ -153,7 +149,7 @@ class SampledLoss(Loss):
             pos, logits = both[:, 0], both[:, 1:]
         return pos, logits, mask, neg
 
-    def _sampled_bytes(self, n: int, c: int, d: int, dtype_bytes: int) -> int:
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         """Peak extra bytes of one forward+backward (checked against ``seqrec bench losses``)."""
         k = self.n_negatives
         grads = 2 * n * d * 4 + _OVERHEAD  # dX and the positive path's [N, d] gather, bookkeeping
@@ -170,23 +166,13 @@ class SampledLoss(Loss):
         gather = n * k * 4 + min(n, self._chunk(d)) * k * d * 4 + c * d * dtype_bytes
         return base + max(math_, gather)
 
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
-
-@register_loss
 class BCE(SampledLoss):
     """SASRec's binary CE: -log σ(s+) - Σ_neg log(1 - σ(s-)), mean over positions.
 
     Defaults: 1 uniform negative per position (SASRec drew it among unseen items: set
     ``sampler="uniform_exclude_seen"`` for that).
     """
-
-    name = "bce"
-
-    def __init__(self, n_negatives: int = 1, sampler: str = "uniform", shared: bool = False,
-                 pop_alpha: float = 1.0, memory_budget_mb: float = 16.0) -> None:
-        super().__init__(n_negatives, sampler, shared, pop_alpha, memory_budget_mb)
 
     def beta(self, c: int) -> float:
         return 1.0
@@ -200,11 +186,7 @@ class BCE(SampledLoss):
         loss = beta * F.softplus(-pos) + (F.softplus(neg) * mask).sum(1)
         return loss.mean()
 
-    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
-        return self._sampled_bytes(n, c, d, dtype_bytes)
 
-
-@register_loss
 class GBCE(BCE):
     """gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023).
 
@@ -212,35 +194,28 @@ class GBCE(BCE):
     BCE, t=1 calibrates the sampled model to the full softmax. Default 256 negatives, t=0.75.
     """
 
-    name = "gbce"
-
-    def __init__(self, n_negatives: int = 256, t: float = 0.75, sampler: str = "uniform",
+    def __init__(self, n_negatives: int = 256, t: float = 0.75, sampler: Sampler = "uniform",
                  shared: bool = False, pop_alpha: float = 1.0, memory_budget_mb: float = 16.0) -> None:
         super().__init__(n_negatives, sampler, shared, pop_alpha, memory_budget_mb)
-        if not 0.0 <= t <= 1.0:
-            raise ConfigError(f"gbce: t must be in [0, 1], got {t!r}")
-        self.t = float(t)
+        self.t = check_number("t", t, 0, 1)
 
     def beta(self, c: int) -> float:
         alpha = self.n_negatives / max(c - 1, 1)
         return alpha * (self.t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
 
-@register_loss
 class SampledSoftmax(SampledLoss):
     """Softmax CE over [positive, n negatives] (CE⁻). Default: 3,000 uniform negatives shared per
     sequence. ``logq``: subtract log(expected draws) = log(n·q_i) from each negative's logit, which
     makes the sampled partition sum an estimate of the full one. ``in_batch``: also use the batch's
     other targets as negatives (corrected by their inclusion probability when ``logq``)."""
 
-    name = "sampled_softmax"
-
-    def __init__(self, n_negatives: int = 3000, sampler: str = "uniform", shared: bool = True,
+    def __init__(self, n_negatives: int = 3000, sampler: Sampler = "uniform", shared: bool = True,
                  pop_alpha: float = 1.0, logq: bool = False, in_batch: bool = False,
                  memory_budget_mb: float = 16.0) -> None:
         super().__init__(n_negatives, sampler, shared, pop_alpha, memory_budget_mb)
-        self.logq = bool(logq)
-        self.in_batch = bool(in_batch)
+        self.logq = check_bool("logq", logq)
+        self.in_batch = check_bool("in_batch", in_batch)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
                 ctx: LossContext) -> torch.Tensor:
@@ -269,8 +244,8 @@ class SampledSoftmax(SampledLoss):
             neg = torch.cat([neg, s], 1)
         return _SampledCE.apply(pos, neg)
 
-    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4) -> int:
+    def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         extra = 0
         if self.in_batch:  # [N, U<=N] in-batch logits, their masked copy and the concatenation
             extra = 2 * n * n * 4 + n * (self.n_negatives + n) * 4
-        return self._sampled_bytes(n, c, d, dtype_bytes) + extra
+        return super().predict_bytes(n, c, d, dtype_bytes) + extra

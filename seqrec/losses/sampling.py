@@ -16,14 +16,17 @@ The target itself may be drawn; the losses mask it (see ``sampled.py``).
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from seqrec.errors import ConfigError, SeqrecError
-from seqrec.losses.base import LossContext
+from seqrec.errors import SeqrecError
+from seqrec.losses.base import LossContext, check_bool, check_choice, check_int, check_number
 
-SAMPLERS = ("uniform", "uniform_exclude_seen", "popularity")
+Sampler = Literal["uniform", "uniform_exclude_seen", "popularity"]
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 
 # below this many (rows x catalog) cells exclusion sampling uses exact random keys over the whole
 # catalog (simple, handles n close to C); above it, vectorised rejection sampling
@@ -136,16 +139,12 @@ class NegativeSampler:
     pop_alpha: exponent of the popularity sampler (0 = uniform, 1 = proportional).
     """
 
-    def __init__(self, n_negatives: int, sampler: str = "uniform", shared: bool = False,
+    def __init__(self, n_negatives: int, sampler: Sampler = "uniform", shared: bool = False,
                  pop_alpha: float = 1.0) -> None:
-        if not (isinstance(n_negatives, int) and n_negatives >= 1):
-            raise ConfigError(f"n_negatives must be a positive int, got {n_negatives!r}")
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        self.n_negatives = n_negatives
-        self.sampler = sampler
-        self.shared = bool(shared)
-        self.pop_alpha = float(pop_alpha)
+        self.n_negatives = check_int("n_negatives", n_negatives, 1)
+        self.sampler = check_choice("sampler", sampler, SAMPLERS)
+        self.shared = check_bool("shared", shared)
+        self.pop_alpha = check_number("pop_alpha", pop_alpha)
 
     def sample(self, targets: torch.Tensor, n_items: int, ctx: LossContext) -> Negatives:
         device, n = targets.device, self.n_negatives
