@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from seqrec.errors import ConfigError
+
 F32 = 4
 
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from seqrec.api import SeqRec
-from seqrec.cli.bench import bench
 from seqrec.bench.fidelity import parse_spec
+from seqrec.cli.bench import bench
 from seqrec.errors import ConfigError
 
 

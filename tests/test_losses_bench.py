@@ -8,8 +8,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from seqrec.cli.bench import bench
 from seqrec.bench.losses import run_cases
+from seqrec.cli.bench import bench
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS is read from /proc (Linux)")
 KEYS = {"loss", "catalog", "tokens", "dim", "peak_mb", "baseline_mb", "step_s", "predicted_mb", "params",

@@ -56,8 +56,8 @@ def test_bad_set_values_are_config_errors():
 def test_bench_retrieval_tiny(tmp_path):
     from seqrec.cli.bench import bench
 
-    res = CliRunner().invoke(bench, ["retrieval", "--catalog", "3000", "--dim", "8", "--queries", "60", "--repeats", "1",
-                                       "--embeddings", "clustered,gaussian", "--out", str(tmp_path)])
+    res = CliRunner().invoke(bench, ["retrieval", "--catalog", "3000", "--dim", "8", "--queries", "60",
+                                     "--repeats", "1", "--embeddings", "clustered,gaussian", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     recs = json.loads((tmp_path / "results.json").read_text())
     keys = {"backend", "embeddings", "catalog", "dim", "queries", "build_s", "qps", "recall@10", "memory_mb",
