@@ -100,10 +100,10 @@ class SeqRec:
         return load_dataset(str(data), data_dir=d.data_dir, fmt=d.format, split=d.split, **(d.options or {}))
 
     def _build_model(self, n_items: int) -> torch.nn.Module:
-        from seqrec.models import build_model
+        from seqrec.registry import MODELS
 
         m = self.cfg_.model
-        return build_model(m.name, n_items, **{k: v for k, v in m.items() if k != "name"})
+        return MODELS.build(m.name, n_items, **{k: v for k, v in m.items() if k != "name"})
 
     def _build_loss(self):
         from seqrec.losses import build_loss

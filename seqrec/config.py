@@ -130,12 +130,12 @@ class Config:
 
     def validate(self) -> None:
         from seqrec.losses.base import LOSSES, build_loss
-        from seqrec.models import MODELS
+        from seqrec.registry import MODELS
 
         for sec in OPEN_SECTIONS:
             if not isinstance(getattr(self, sec).get("name"), str):
                 raise ConfigError(f"{sec}.name must be a name (a string), got {getattr(self, sec).get('name')!r}")
-        _check_params("model", self.model, MODELS)
+        MODELS.check_params(MODELS.check_name(self.model.name), {k: v for k, v in self.model.items() if k != "name"})
         build_loss(self.loss.name)  # imports the registry; raises on unknown names
         _check_params("loss", self.loss, LOSSES)
         t = self.train

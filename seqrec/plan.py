@@ -19,11 +19,11 @@ F32 = 4
 def _model_shape(model: str) -> tuple[int, int]:
     """(extra item-table rows, FFN width multiplier) of a transformer model, from its class."""
     try:
-        from seqrec.models import MODELS
+        from seqrec.registry import MODELS
 
-        cls = MODELS[model]
+        cls = MODELS.get(model)
         return int(getattr(cls, "n_special", 1)), int(getattr(cls, "ff_mult", 1))
-    except (ImportError, KeyError):
+    except (ImportError, ConfigError):
         return 1, 1
 
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from seqrec.bench.common import write_results
 from seqrec.errors import ConfigError
-from seqrec.retrieval import BACKENDS, build_retriever, recall_at_k
+from seqrec.registry import RETRIEVERS
+from seqrec.retrieval import build_retriever, recall_at_k
 from seqrec.retrieval.base import Retriever
 
 N_CENTRES = 1024
@@ -53,7 +54,7 @@ def make_embeddings(kind: str, n_items: int, n_queries: int, dim: int, seed: int
 
 def index_mb(r: Retriever) -> float:
     """Size of the index in MiB (serialised FAISS index, or the torch embedding matrix)."""
-    if r.backend == "torch":
+    if r.name == "torch":
         return r.n_items * r.dim * 4 / 2**20
     return r._faiss.serialize_index(r._cpu_index()).size / 2**20
 
@@ -99,8 +100,8 @@ def run_case(kind: str, n_items: int, dim: int, n_queries: int, backends: list[s
         t0 = time.perf_counter()
         r = torch_r if backend == "torch" else build_retriever(backend).build(items)
         build_s = torch_build if backend == "torch" else time.perf_counter() - t0
-        if r.backend != backend:
-            log(f"skip {backend}: not available (fell back to {r.backend})")
+        if r.name != backend:
+            log(f"skip {backend}: not available (fell back to {r.name})")
             continue
         defaults = dict(r.params)
         mem = index_mb(r)
@@ -146,7 +147,7 @@ def plot(records: list[dict[str, Any]], path: Path, k: int) -> None:
     cases = sorted({(r["embeddings"], r["catalog"]) for r in records})
     fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4), squeeze=False)
     for ax, (kind, n) in zip(axes[0], cases, strict=True):
-        for backend in BACKENDS:
+        for backend in RETRIEVERS.names():
             # in sweep order (nprobe / ef_search increasing): timing noise must not reorder the curve
             rs = [r for r in records if r["embeddings"] == kind and r["catalog"] == n and r["backend"] == backend]
             if not rs:
@@ -186,7 +187,7 @@ def _int_list(value: str, name: str) -> list[int]:
 @click.option("--queries", default=10000, show_default=True, type=click.IntRange(1))
 @click.option("--embeddings", default="clustered,gaussian", show_default=True,
               help="Embedding kinds: clustered, gaussian.")
-@click.option("--backends", default=",".join(BACKENDS), show_default=True)
+@click.option("--backends", default=",".join(RETRIEVERS.names()), show_default=True)
 @click.option("--k", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--exact-queries", type=click.IntRange(1), default=None,
               help="Queries for exact timing and ground truth [default: all if C·M ≤ 2e9, else 2e9/C].")
@@ -200,8 +201,7 @@ def command(catalog: str, dim: int, queries: int, embeddings: str, backends: str
     kinds = [x.strip() for x in embeddings.split(",") if x.strip()]
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     for b in chosen:
-        if b not in BACKENDS:
-            raise ConfigError(f"--backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        RETRIEVERS.check_name(b, "--backends")
     chosen = ["torch"] + [b for b in chosen if b != "torch"]  # exact torch is the reference
 
     def log(msg: str) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 import yaml
 
 from seqrec.errors import ConfigError
-from seqrec.retrieval import BACKENDS, build_retriever, load_retriever
+from seqrec.registry import RETRIEVERS
+from seqrec.retrieval import build_retriever, load_retriever
 from seqrec.retrieval.base import embedding_digest, load_meta
 
 
@@ -61,8 +62,8 @@ def build_index(run_dir: str | os.PathLike, backend: str, params: dict[str, Any]
     retriever.build(item_emb)
     build_s = time.perf_counter() - t0
     # a fallback (faiss missing) saves under the backend actually built, so the name never lies
-    out = retriever.save(index_dir(run_dir, retriever.backend), source=embedding_digest(item_emb))
-    return out, {"backend": retriever.backend, "items": retriever.n_items, "dim": retriever.dim,
+    out = retriever.save(index_dir(run_dir, retriever.name), source=embedding_digest(item_emb))
+    return out, {"backend": retriever.name, "items": retriever.n_items, "dim": retriever.dim,
                  "build_s": round(build_s, 3), "params": retriever.params}
 
 
@@ -73,7 +74,7 @@ def index() -> None:
 
 @index.command("build")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--backend", type=click.Choice(BACKENDS), default="faiss-hnsw", show_default=True,
+@click.option("--backend", type=click.Choice(RETRIEVERS.names()), default="faiss-hnsw", show_default=True,
               help="Retrieval backend to build.")
 @click.option("--set", "sets", multiple=True, metavar="PARAM=VALUE",
               help="Backend parameter, e.g. --set nprobe=32 (repeatable).")
