@@ -6,7 +6,8 @@
 
 Backends are named in ``seqrec.registry.RETRIEVERS``: ``torch`` (exact, default), ``faiss-flat``
 (exact), ``faiss-ivf`` and ``faiss-hnsw`` (approximate), plus any a plug-in registers. A FAISS
-backend asked for without faiss installed falls back to ``torch`` with a warning. See docs/retrieval.md for which one to use and the exclusion guarantee.
+backend asked for without faiss installed falls back to ``torch`` with a warning. See
+docs/retrieval.md for which one to use and the exclusion guarantee.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import torch
 
 from seqrec.errors import ConfigError, DataError, SeqrecError
 from seqrec.io import temp_dir_next_to, write_json
+from seqrec.registry import RETRIEVERS
 
 FORMAT_VERSION = 1
 META_FILE = "retriever.json"
@@ -156,9 +157,8 @@ class Retriever:
     """Top-k maximum-inner-product search over an item-embedding matrix (catalog space).
 
     Constructor arguments are the backend's hyper-parameters (see ``defaults``); they are stored as
-    given and resolved (e.g. defaults that depend on the catalog size) by ``build``. A backend is
-    registered by name in ``seqrec.registry.RETRIEVERS``; ``name`` is what ``save`` writes (the
-    ``backend`` field of retriever.json) and what ``load`` looks up.
+    given and resolved (e.g. defaults that depend on the catalog size) by ``build``. ``name``: the
+    backend's name in ``seqrec.registry.RETRIEVERS``, written by ``save`` (retriever.json "backend").
     """
 
     name: ClassVar[str] = ""
@@ -176,8 +176,7 @@ class Retriever:
 
     @classmethod
     def available(cls) -> bool:
-        """False when a library the backend needs is not importable (FAISS backends without faiss)."""
-        return True
+        return True  # False: a library the backend needs is not importable (faiss)
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -185,15 +184,11 @@ class Retriever:
         for old, new in cls.renamed.items():
             if old in params:
                 raise ConfigError(f"retrieval parameter {old} was renamed to {new}")
-        from seqrec.registry import RETRIEVERS
-
         return RETRIEVERS.check_params(cls.name, dict(params), "retrieval")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Retriever:
         """Reload a retriever written by ``save(path)``: the backend named in its retriever.json."""
-        from seqrec.registry import RETRIEVERS
-
         meta = load_meta(path)
         name = meta["backend"]
         if name not in RETRIEVERS:
