@@ -5,7 +5,7 @@
 ``model`` and ``loss`` hold ``name`` plus the constructor parameters of the named class, checked
 against that constructor's signature through ``seqrec.registry`` (so a plug-in's parameters are
 checked too). ``eval.retrieval`` names a retrieval backend, ``eval.retrieval_params`` its parameters.
-Renamed keys (``RENAMED``) give a one-line error naming the new key.
+Renamed keys (``RENAMED``, and a registered class's ``renamed``) give a one-line error naming the new key.
 """
 
 from __future__ import annotations
@@ -31,13 +31,8 @@ Bool = Annotated[bool, Field(strict=True)]
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "mps")
 
-# (section, key, new key, only for these names or None): an old name is refused, naming the new one
-RENAMED: list[tuple[str, str, str, set[str] | None]] = [
-    ("train", "max_time", "max_time_s", None),
-    ("model", "n_layers", "n_blocks", {"gru4rec"}),
-    ("eval.retrieval_params", "block_mb", "memory_budget_mb", {"torch"}),
-    ("eval.retrieval_params", "chunk", "chunk_size", {"torch"}),
-]
+# an old key is refused, naming the new one (a registered class lists its own in ``renamed``)
+RENAMED = {"train.max_time": "train.max_time_s"}
 
 
 class _Section(BaseModel):
@@ -195,24 +190,14 @@ def merge(base: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
         if sec in FIXED:
             fields = list(FIXED[sec].model_fields)
             for key in values:
-                _check_renamed(sec, key, None)
+                if f"{sec}.{key}" in RENAMED:
+                    raise ConfigError(f"{sec}.{key} was renamed to {RENAMED[f'{sec}.{key}']}")
                 if key not in fields:
                     raise ConfigError(f"unknown key {sec}.{key}{did_you_mean(key, fields)}")
         elif "name" in values and values["name"] != merged[sec].get("name"):
             merged[sec] = {}
         merged[sec].update(values)
-    for sec in ("model", "loss"):
-        for key in merged[sec]:
-            _check_renamed(sec, key, merged[sec].get("name"))
-    for key in merged["eval"].get("retrieval_params") or {}:
-        _check_renamed("eval.retrieval_params", key, merged["eval"].get("retrieval"))
     return merged
-
-
-def _check_renamed(section: str, key: str, name: Any) -> None:
-    for sec, old, new, names in RENAMED:
-        if sec == section and key == old and (names is None or name in names):
-            raise ConfigError(f"{sec}.{old} was renamed to {sec}.{new}")
 
 
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")

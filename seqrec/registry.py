@@ -142,7 +142,10 @@ class Registry:
         where = where or self.kind
         schema = self.schema(name)
         fields = list(schema.model_fields)
+        renamed = getattr(self.get(name), "renamed", {})  # old parameter name -> new one
         for key in params:
+            if key in renamed:
+                raise ConfigError(f"{where}.{key} was renamed to {where}.{renamed[key]}")
             if key not in fields and not schema.model_config.get("extra") == "allow":
                 raise ConfigError(f"unknown key {where}.{key} for {self.kind} {name!r}{did_you_mean(key, fields)}; "
                                   f"valid: {', '.join(fields) or '(none)'}")
@@ -167,7 +170,7 @@ def _signature_model(cls: Any, skip: tuple[str, ...], title: str) -> type[pydant
         return pydantic.create_model(title, __config__=forbid, **{k: (Any, v) for k, v in cls.defaults.items()})
     sig = inspect.signature(init)
     try:
-        hints = typing.get_type_hints(init)
+        hints = typing.get_type_hints(init, include_extras=True)
     except Exception:  # unresolvable annotations: check names only
         hints = {}
     fields: dict[str, Any] = {}

@@ -228,6 +228,6 @@ def test_exact_retrieval_on_cuda_equals_cpu():
     rng = np.random.default_rng(0)
     emb, q = rng.standard_normal((5000, 32), dtype=np.float32), rng.standard_normal((300, 32), dtype=np.float32)
     a = build_retriever("torch", device="cpu").build(emb).search(q, 20)
-    b = build_retriever("torch", device="cuda", block_mb=1).build(emb).search(q, 20)
+    b = build_retriever("torch", device="cuda", memory_budget_mb=1).build(emb).search(q, 20)
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-4)

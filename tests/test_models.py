@@ -7,19 +7,20 @@ import pytest
 import torch
 
 from seqrec.errors import ConfigError
-from seqrec.models import MODELS, Encoder, build_model, register_model
+from seqrec.models import Encoder
+from seqrec.registry import MODELS
 
 C = 30
 TINY = {
     "sasrec": {"d": 16, "n_blocks": 2, "n_heads": 2, "max_len": 12, "dropout": 0.1},
     "bert4rec": {"d": 16, "n_blocks": 2, "n_heads": 2, "max_len": 12, "dropout": 0.1},
-    "gru4rec": {"d": 16, "n_layers": 2, "dropout": 0.1},
+    "gru4rec": {"d": 16, "n_blocks": 2, "max_len": 12, "dropout": 0.1},
 }
 
 
 def make(name: str, seed: int = 0) -> Encoder:
     torch.manual_seed(seed)
-    return build_model(name, n_items=C, **TINY.get(name, {})).eval()
+    return MODELS.build(name, C, **TINY.get(name, {})).eval()
 
 
 def batch(seed: int = 0, b: int = 4, length: int = 8) -> torch.Tensor:
@@ -47,15 +48,15 @@ def test_shapes_and_no_nan_with_padding(name):
 
 
 def test_default_params_and_readme_snippet():
-    m = build_model("sasrec", n_items=100)
+    m = MODELS.build("sasrec", 100)
     assert m.get_params() == {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2,
                             "block": "pre_ln"}
     assert m(torch.randint(0, 101, (2, 7))).shape == (2, 7, 64)
-    b = build_model("bert4rec", n_items=100)
+    b = MODELS.build("bert4rec", 100)
     assert b.mask_token == 101 and b.item_emb.num_embeddings == 102 and b.mask_prob == 0.2
     names = ("sasrec", "bert4rec", "gru4rec", "pop")
-    assert [MODELS[n].trainable for n in names] == [True, True, True, False]
-    assert [MODELS[n].causal for n in ("sasrec", "bert4rec", "gru4rec")] == [True, False, True]
+    assert [MODELS.get(n).trainable for n in names] == [True, True, True, False]
+    assert [MODELS.get(n).causal for n in ("sasrec", "bert4rec", "gru4rec")] == [True, False, True]
 
 
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
@@ -105,24 +106,24 @@ def test_item_embeddings_tied_to_input_table(name):
 
 def test_registry_errors():
     with pytest.raises(ConfigError, match="known: .*bert4rec.*gru4rec.*pop.*sasrec"):
-        build_model("sasrek", n_items=10)
+        MODELS.build("sasrek", 10)
     with pytest.raises(ConfigError, match="did you mean 'sasrec'"):
-        build_model("sasrek", n_items=10)
+        MODELS.build("sasrek", 10)
     with pytest.raises(ConfigError, match=r"model\.n_block.*did you mean 'n_blocks'.*valid: d, n_blocks"):
-        build_model("sasrec", n_items=10, n_block=3)
+        MODELS.build("sasrec", 10, n_block=3)
     for bad in [{"d": 0}, {"d": 2.5}, {"dropout": 1.0}, {"n_heads": True}, {"d": 10, "n_heads": 3}]:
         with pytest.raises(ConfigError, match=r"model\."):
-            build_model("sasrec", n_items=10, **bad)
+            MODELS.build("sasrec", 10, **bad)
     with pytest.raises(ConfigError, match="mask_prob"):
-        build_model("bert4rec", n_items=10, mask_prob=0.0)
+        MODELS.build("bert4rec", 10, mask_prob=0.0)
     with pytest.raises(ConfigError, match="n_items"):
-        build_model("gru4rec", n_items=0)
+        MODELS.build("gru4rec", 0)
 
 
 @pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec", "pop"])
 def test_get_params_round_trip(name):
     m = make(name)
-    m2 = build_model(m.name, m.n_items, **m.get_params())
+    m2 = MODELS.build(m.name, m.n_items, **m.get_params())
     assert type(m2) is type(m) and m2.get_params() == m.get_params()
     m2.load_state_dict(m.state_dict())  # same architecture: every tensor has the same shape
     m2.eval()
@@ -140,7 +141,7 @@ def test_pop_ranks_by_popularity():
     assert (scores == scores[0]).all()  # same for every user
     order = torch.argsort(scores[0], descending=True, stable=True) + 1  # back to model ids
     assert (np.diff(counts[order.numpy()]) <= 0).all()
-    m2 = build_model("pop", n_items=C)
+    m2 = MODELS.build("pop", C)
     m2.load_state_dict(m.state_dict())  # the counts travel with the state dict
     torch.testing.assert_close(m2.item_embeddings(), m.item_embeddings())
     with pytest.raises(ConfigError, match="shape"):
@@ -148,8 +149,10 @@ def test_pop_ranks_by_popularity():
 
 
 def test_register_custom_model():
-    @register_model("test_mean")
+    @MODELS.register("test_mean")
     class Mean(Encoder):
+        max_len = 50  # the contract: the longest input it reads
+
         def __init__(self, n_items: int, d: int = 8):
             super().__init__(n_items, d)
             self.emb = torch.nn.Embedding(n_items + 1, d, padding_idx=0)
@@ -161,12 +164,45 @@ def test_register_custom_model():
             return self.emb.weight[1:]
 
     try:
-        m = build_model("test_mean", n_items=C, d=4)
-        assert m.get_params() == {"d": 4} and m(batch()).shape == (4, 8, 4)
-        with pytest.raises(TypeError):
-            register_model("bad")(object)
+        m = MODELS.build("test_mean", C, d=4)
+        assert m.name == "test_mean" and "test_mean" in MODELS.names()
+        assert m.get_params() == {"d": 4} and m(batch()).shape == (4, 8, 4) and m.max_len == 50
+        with pytest.raises(ConfigError, match=r"model\.d.*valid integer"):
+            MODELS.build("test_mean", C, d="four")
     finally:
-        del MODELS["test_mean"]
+        MODELS._entries.pop("test_mean")
+
+
+def test_encoder_contract_is_checked_at_construction():
+    class NoMaxLen(Encoder):
+        def __init__(self, n_items: int):
+            super().__init__(n_items, 4)
+
+    class Masked(NoMaxLen):
+        causal = False
+        max_len = 10
+
+    with pytest.raises(ConfigError, match="'NoMaxLen' must set max_len"):
+        NoMaxLen(C)
+    with pytest.raises(ConfigError, match="'Masked' is not causal, so it must set mask_token"):
+        Masked(C)
+    Masked.mask_token = C  # a real item id, not a token of its own
+    with pytest.raises(ConfigError, match="mask_token"):
+        Masked(C)
+    Masked.mask_token = C + 1
+    with pytest.raises(ConfigError, match=r"must set mask_prob \(a number in \(0, 1\]\), got None"):
+        Masked(C)
+    Masked.mask_prob = 0.3
+    assert Masked(C).mask_prob == 0.3
+    b = make("bert4rec")
+    assert (b.max_len, b.mask_token, b.mask_prob) == (12, C + 1, 0.2)
+    assert make("gru4rec").max_len == 12 and make("pop").max_len == 1 and make("sasrec").mask_prob is None
+
+
+def test_gru4rec_n_layers_was_renamed():
+    with pytest.raises(ConfigError, match=r"^model\.n_layers was renamed to model\.n_blocks$"):
+        MODELS.build("gru4rec", C, n_layers=2)
+    assert make("gru4rec").gru.num_layers == 2
 
 
 def test_custom_models_doc_example_matches_gru4rec():
@@ -175,23 +211,23 @@ def test_custom_models_doc_example_matches_gru4rec():
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "custom_models.md").read_text()
-    code = re.search(r"```python\n(.*?@register_model\(\"gru4rec\"\).*?)```", doc, re.S).group(1)
+    code = re.search(r"```python\n(.*?@MODELS\.register\(\"gru4rec\"\).*?)```", doc, re.S).group(1)
     ns: dict = {}
     exec(code.replace('"gru4rec"', '"test_doc_gru"'), ns)
     try:
         ours = make("gru4rec")
-        theirs = build_model("test_doc_gru", n_items=C, **TINY["gru4rec"]).eval()
+        theirs = MODELS.build("test_doc_gru", C, **TINY["gru4rec"]).eval()
         theirs.load_state_dict(ours.state_dict())
         torch.testing.assert_close(theirs(batch()), ours(batch()))
     finally:
-        del MODELS["test_doc_gru"]
+        MODELS._entries.pop("test_doc_gru")
 
 
 def test_sasrec_reference_layout_is_causal_padding_invariant_and_distinct():
     torch.manual_seed(0)
-    ref = build_model("sasrec", n_items=C, **{**TINY["sasrec"], "block": "sasrec"}).eval()
+    ref = MODELS.build("sasrec", C, **{**TINY["sasrec"], "block": "sasrec"}).eval()
     torch.manual_seed(0)
-    pre = build_model("sasrec", n_items=C, **TINY["sasrec"]).eval()
+    pre = MODELS.build("sasrec", C, **TINY["sasrec"]).eval()
     x = batch()
     h = ref(x)
     assert torch.isfinite(h).all() and (h[x == 0] == 0).all()
@@ -202,4 +238,4 @@ def test_sasrec_reference_layout_is_causal_padding_invariant_and_distinct():
     wide = torch.cat([torch.zeros(4, 3, dtype=torch.long), x], dim=1)  # more left padding
     assert torch.allclose(ref(wide)[:, -1], h[:, -1], atol=1e-5)
     with pytest.raises(ConfigError, match="model.block"):
-        build_model("sasrec", n_items=C, block="post")
+        MODELS.build("sasrec", C, block="post")

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from seqrec.plan import plan, predict_memory
+from seqrec.cli.plan import plan
+from seqrec.plan import predict_memory
 from seqrec.registry import LOSSES
 
 
 @pytest.mark.parametrize("model,heads", [("sasrec", 1), ("bert4rec", 2)])
 def test_parameter_count_matches_the_model(model, heads):
-    from seqrec.models import build_model
+    from seqrec.registry import MODELS
 
-    enc = build_model(model, 97, d=16, n_blocks=2, n_heads=heads, max_len=12)
+    enc = MODELS.build(model, 97, d=16, n_blocks=2, n_heads=heads, max_len=12)
     n_params = sum(p.numel() for p in enc.parameters())
     mem = predict_memory(97, 4, 12, 16, 2, heads, "ce", model=model)
     assert mem["parameters"] == 4 * n_params

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from seqrec.errors import ConfigError, DataError, SeqrecError
+from seqrec.registry import RETRIEVERS
 from seqrec.retrieval import (
-    BACKENDS,
     approximation_report,
     build_retriever,
     load_retriever,
@@ -23,7 +23,7 @@ try:
 except ImportError:
     faiss = None
 needs_faiss = pytest.mark.skipif(faiss is None, reason="faiss backends need faiss-cpu installed")
-ALL = [b if b == "torch" else pytest.param(b, marks=needs_faiss) for b in BACKENDS]
+ALL = [b if b == "torch" else pytest.param(b, marks=needs_faiss) for b in RETRIEVERS.names()]
 
 C, D, M, K = 600, 16, 40, 10
 
@@ -85,7 +85,7 @@ def test_agrees_with_exact(backend, data):
 def test_torch_accepts_tensors_and_small_blocks(data):
     emb, q = data
     a = build_retriever("torch").build(torch.from_numpy(emb)).search(torch.from_numpy(q), K)
-    b = build_retriever("torch", chunk=37, block_mb=0.01).build(emb).search(q, K)
+    b = build_retriever("torch", chunk_size=37, memory_budget_mb=0.01).build(emb).search(q, K)
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
 
@@ -98,11 +98,11 @@ def test_ties_break_by_lower_id(chunk):
     base = rng.integers(-3, 4, (4, 8)).astype(np.float32)
     emb = base[np.arange(40) % 4]
     q = rng.integers(-3, 4, (5, 8)).astype(np.float32)
-    s, ids = build_retriever("torch", chunk=chunk).build(emb).search(q, 13)
+    s, ids = build_retriever("torch", chunk_size=chunk).build(emb).search(q, 13)
     _, ref = reference(emb, q, 13)
     np.testing.assert_array_equal(ids, ref)
     # all-equal scores: plain id order
-    s, ids = build_retriever("torch", chunk=chunk).build(np.zeros((30, 4), np.float32)).search(
+    s, ids = build_retriever("torch", chunk_size=chunk).build(np.zeros((30, 4), np.float32)).search(
         np.ones((2, 4), np.float32), 11)
     np.testing.assert_array_equal(ids, np.tile(np.arange(11), (2, 1)))
 
@@ -236,7 +236,7 @@ def test_save_load_round_trip(backend, data, tmp_path):
 def test_params_validation():
     with pytest.raises(ConfigError, match="unknown retrieval backend 'annoy'"):
         build_retriever("annoy")
-    with pytest.raises(ConfigError, match="no parameter 'nprobe'"):
+    with pytest.raises(ConfigError, match="unknown key retrieval.nprobe for retrieval backend 'faiss-hnsw'"):
         build_retriever("faiss-hnsw", nprobe=3)
     with pytest.raises(ConfigError, match="nprobe must be an integer"):
         build_retriever("faiss-ivf", nprobe=0).build(clustered(100, 0))
@@ -283,3 +283,29 @@ def test_recall_at_k_and_approximation_report(data):
     _, ref = reference(emb, q[rows], K, banned=[set(sets[i]) for i in rows])
     assert rep["recall@k_vs_exact"] == pytest.approx(recall_at_k(ids, ref))
     assert approximation_report(build_retriever("torch").build(emb), q, K)["recall@k_vs_exact"] == 1.0
+
+
+def test_renamed_memory_knobs_and_old_saved_params(data, tmp_path):
+    import json
+
+    from seqrec.retrieval.base import Retriever
+
+    emb, q = data
+    for old, new in (("block_mb", "memory_budget_mb"), ("chunk", "chunk_size")):
+        with pytest.raises(ConfigError, match=rf"^retrieval\.{old} was renamed to retrieval\.{new}$"):
+            build_retriever("torch", **{old: 8})
+        with pytest.raises(ConfigError, match=f"renamed to retrieval.{new}"):
+            build_retriever("torch").build(emb).set_params(**{old: 8})
+    with pytest.raises(ConfigError, match="did you mean 'chunk_size'"):
+        build_retriever("torch", chunk_sise=8)
+    r = build_retriever("torch", chunk_size=64).build(emb)
+    assert r.name == "torch" and r.params["memory_budget_mb"] == 64.0
+    path = r.save(tmp_path / "torch")
+    meta = json.loads((path / "retriever.json").read_text())
+    assert meta["backend"] == "torch"  # the file keeps its field name
+    meta["params"] = {"device": "auto", "block_mb": 2.0, "chunk": 50}  # an index saved before the rename
+    (path / "retriever.json").write_text(json.dumps(meta))
+    back = Retriever.load(path)
+    assert isinstance(back, TorchRetriever) and back.params["memory_budget_mb"] == 2.0
+    assert back.params["chunk_size"] == 50
+    np.testing.assert_array_equal(back.search(q, K)[1], r.search(q, K)[1])

@@ -49,7 +49,7 @@ def test_bad_set_values_are_config_errors():
                                                                           "device": "cpu"}
     with pytest.raises(ConfigError, match="expected param=value"):
         rcli.parse_sets(["nprobe"])
-    with pytest.raises(ConfigError, match="no parameter 'nprobe'"):
+    with pytest.raises(ConfigError, match="unknown key retrieval.nprobe"):
         rcli.build_index(".", "faiss-hnsw", {"nprobe": 3}, item_emb=emb())
 
 

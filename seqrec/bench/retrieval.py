@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from seqrec.errors import ConfigError
-from seqrec.retrieval import recall_at_k
+from seqrec.retrieval import build_retriever, recall_at_k
 from seqrec.retrieval.base import Retriever
 
 N_CENTRES = 1024
@@ -51,7 +51,7 @@ def make_embeddings(kind: str, n_items: int, n_queries: int, dim: int, seed: int
 
 def index_mb(r: Retriever) -> float:
     """Size of the index in MiB (serialised FAISS index, or the torch embedding matrix)."""
-    if r.backend == "torch":
+    if r.name == "torch":
         return r.n_items * r.dim * 4 / 2**20
     return r._faiss.serialize_index(r._cpu_index()).size / 2**20
 
@@ -100,7 +100,6 @@ def run_case(kind: str, n_items: int, dim: int, n_queries: int, backends: list[s
              exact_queries: int | None, repeats: int, seed: int, log: Callable[[str], None]
              ) -> list[dict[str, Any]]:
     """Records of every backend and search setting on one embeddings kind and catalog size."""
-    from seqrec.registry import RETRIEVERS
 
     items, queries = make_embeddings(kind, n_items, n_queries, dim, seed)
     n_exact = exact_queries or (n_queries if n_items * n_queries <= EXACT_BUDGET
@@ -109,15 +108,15 @@ def run_case(kind: str, n_items: int, dim: int, n_queries: int, backends: list[s
     base = {"embeddings": kind, "catalog": n_items, "dim": dim, "queries": n_queries}
     records: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    torch_r = RETRIEVERS.build("torch").build(items)
+    torch_r = build_retriever("torch").build(items)
     torch_build = time.perf_counter() - t0
     torch_qps, truth = timed_search(torch_r, queries[:n_exact], k, repeats)
     for backend in backends:
         t0 = time.perf_counter()
-        r = torch_r if backend == "torch" else RETRIEVERS.build(backend).build(items)
+        r = torch_r if backend == "torch" else build_retriever(backend).build(items)
         build_s = torch_build if backend == "torch" else time.perf_counter() - t0
-        if r.backend != backend:
-            log(f"skip {backend}: not available (fell back to {r.backend})")
+        if r.name != backend:
+            log(f"skip {backend}: not available (fell back to {r.name})")
             continue
         defaults, mem = dict(r.params), index_mb(r)
         for setting in settings(backend, r):

@@ -9,15 +9,16 @@ import torch
 
 from seqrec.data.store import SequenceStore
 from seqrec.evaluation.metrics import coverage, rank_metrics, target_ranks
+from seqrec.models.base import Encoder
 
 
-def model_inputs(model: torch.nn.Module, history: SequenceStore, rows: np.ndarray, max_len: int) -> np.ndarray:
+def model_inputs(model: Encoder, history: SequenceStore, rows: np.ndarray, max_len: int) -> np.ndarray:
     """Left-padded model input [B, W] for predicting each row's next item.
 
     Causal models read the last ``max_len`` items; BERT4Rec reads the last ``max_len - 1`` items
     followed by its mask token (the prediction slot).
     """
-    if getattr(model, "causal", True):
+    if model.causal:
         return history.padded_tail(rows, max_len)
     tail = history.padded_tail(rows, max_len - 1)
     mask = np.full((len(rows), 1), model.mask_token, dtype=np.int64)
@@ -25,7 +26,7 @@ def model_inputs(model: torch.nn.Module, history: SequenceStore, rows: np.ndarra
 
 
 @torch.no_grad()
-def user_vectors(model: torch.nn.Module, history: SequenceStore, max_len: int, batch_size: int = 1024,
+def user_vectors(model: Encoder, history: SequenceStore, max_len: int, batch_size: int = 1024,
                  device: str | torch.device = "cpu") -> torch.Tensor:
     """Query vector (hidden state of the last position) of every row of ``history`` -> float32 [M, d].
 
@@ -44,13 +45,13 @@ def user_vectors(model: torch.nn.Module, history: SequenceStore, max_len: int, b
         out.append(model(inp)[:, -1].float().cpu())
     model.train(was_training)
     if not out:
-        return torch.zeros(0, getattr(model, "d", 1))
+        return torch.zeros(0, model.d)
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
     return torch.cat(out)[torch.from_numpy(back)]
 
 
-def evaluate(model: torch.nn.Module, evalset: Any, *, max_len: int, ks: list[int], retriever: Any = None,
+def evaluate(model: Encoder, evalset: Any, *, max_len: int, ks: list[int], retriever: Any = None,
              filter_seen: bool = True, batch_size: int = 1024, device: str | torch.device = "cpu",
              recall_sample: int = 0, seed: int = 0) -> dict[str, float]:
     """HR/NDCG/MRR@k and coverage@k of ``model`` on ``evalset`` (users × whole catalog, top max(ks) kept).
@@ -66,7 +67,7 @@ def evaluate(model: torch.nn.Module, evalset: Any, *, max_len: int, ks: list[int
     metrics = rank_metrics(ranks, ks)
     metrics.update(coverage(ids, ks, model.item_embeddings().shape[0]))
     metrics["users"] = len(evalset)
-    if recall_sample and not getattr(retriever, "exact", False):
+    if recall_sample and not retriever.exact:
         from seqrec.retrieval import approximation_report
 
         rep = approximation_report(retriever, queries, kmax, exclude, sample=recall_sample, seed=seed)
@@ -75,7 +76,7 @@ def evaluate(model: torch.nn.Module, evalset: Any, *, max_len: int, ks: list[int
     return metrics
 
 
-def evaluation_ranks(model: torch.nn.Module, evalset: Any, *, max_len: int, k: int, retriever: Any = None,
+def evaluation_ranks(model: Encoder, evalset: Any, *, max_len: int, k: int, retriever: Any = None,
                      filter_seen: bool = True, batch_size: int = 1024,
                      device: str | torch.device = "cpu") -> np.ndarray:
     """0-based rank of each evaluated user's target in the top ``k`` -> int [M] (-1: not in the top k).
@@ -87,7 +88,7 @@ def evaluation_ranks(model: torch.nn.Module, evalset: Any, *, max_len: int, k: i
     return target_ranks(ids, np.asarray(evalset.targets) - 1)
 
 
-def _search(model: torch.nn.Module, evalset: Any, max_len: int, k: int, retriever: Any, filter_seen: bool,
+def _search(model: Encoder, evalset: Any, max_len: int, k: int, retriever: Any, filter_seen: bool,
             batch_size: int, device: str | torch.device) -> tuple[Any, torch.Tensor, Any, np.ndarray]:
     """Top-``k`` catalog ids [M, k] of every evaluated user (plus the retriever, queries and exclusions)."""
     from seqrec.retrieval import build_retriever

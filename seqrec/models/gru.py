@@ -7,29 +7,32 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqrec.models.base import Encoder, check_int, check_prob, register_model
+from seqrec.models.base import Encoder, Float, Int, check_int, check_prob
 
 
-@register_model("gru4rec")
 class GRU4Rec(Encoder):
     """GRU over item embeddings (Hidasi et al., 2016), trained seq-to-seq with a tied output matrix.
 
     Item table [C+1, d] (row 0 = padding); hidden state at t summarises items <= t (causal).
+    ``n_blocks`` stacked GRU layers; ``max_len``: the longest history it reads (training windows and
+    evaluation inputs are cut to it; the GRU itself takes any length).
     """
 
     causal = True
+    renamed = {"n_layers": "n_blocks"}  # old config key -> one-line ConfigError naming the new one
 
-    def __init__(self, n_items: int, d: int = 64, n_layers: int = 1, dropout: float = 0.2):
+    def __init__(self, n_items: int, d: Int = 64, n_blocks: Int = 1, max_len: Int = 200, dropout: Float = 0.2):
         super().__init__(n_items, d)  # validates and stores n_items, d
-        self.n_layers = check_int("n_layers", n_layers, 1)
+        self.n_blocks = check_int("n_blocks", n_blocks, 1)
+        self.max_len = check_int("max_len", max_len, 1)
         self.dropout = check_prob("dropout", dropout)
         self.item_emb = nn.Embedding(n_items + 1, self.d, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=self.d ** -0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
         self.drop = nn.Dropout(self.dropout)
-        self.gru = nn.GRU(self.d, self.d, self.n_layers, batch_first=True,
-                          dropout=self.dropout if self.n_layers > 1 else 0.0)
+        self.gru = nn.GRU(self.d, self.d, self.n_blocks, batch_first=True,
+                          dropout=self.dropout if self.n_blocks > 1 else 0.0)
 
     def item_embeddings(self) -> torch.Tensor:
         """[C, d]: rows 1..C of the input table (tied)."""

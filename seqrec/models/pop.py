@@ -6,10 +6,9 @@ import numpy as np
 import torch
 
 from seqrec.errors import ConfigError
-from seqrec.models.base import Encoder, register_model
+from seqrec.models.base import Encoder
 
 
-@register_model("pop")
 class Pop(Encoder):
     """Scores every item by log(1 + training count), the same for every user.
 
@@ -17,10 +16,11 @@ class Pop(Encoder):
     log(1 + count), so ``hidden @ item_embeddings().T`` ranks items by popularity (ties: the evaluator
     breaks them by lower item id). Not trained by gradients (``trainable = False``): the trainer calls
     ``fit_popularity(data.item_pop)`` instead. The counts live in a buffer, so they are saved with the
-    state dict.
+    state dict. It reads no history, so its input is one column (``max_len = 1``).
     """
 
     trainable = False
+    max_len = 1
 
     def __init__(self, n_items: int):
         super().__init__(n_items, 1)

@@ -9,15 +9,17 @@ sequence gives exactly the same hidden state for the last item as one padded to 
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from seqrec.errors import ConfigError
-from seqrec.models.base import Encoder, check_int, check_prob, register_model
+from seqrec.models.base import Encoder, Float, Int, check_int, check_prob
 
-LAYOUTS = ("pre_ln", "sasrec")
+Layout = Literal["pre_ln", "sasrec"]
+LAYOUTS = get_args(Layout)
 
 
 class Block(nn.Module):
@@ -74,7 +76,7 @@ class _SelfAttentionEncoder(Encoder):
     scale_emb: bool = True
 
     def _setup(self, n_items: int, d: int, n_blocks: int, n_heads: int, max_len: int, dropout: float,
-               block: str = "pre_ln"):
+               block: Layout = "pre_ln") -> None:
         super().__init__(n_items, d)
         if block not in LAYOUTS:
             raise ConfigError(f"model.block must be one of {', '.join(LAYOUTS)}, got {block!r}")
@@ -131,7 +133,6 @@ class _SelfAttentionEncoder(Encoder):
         return self.ln_f(x) * keep
 
 
-@register_model("sasrec")
 class SASRec(_SelfAttentionEncoder):
     """SASRec (Kang & McAuley, ICDM 2018): causal self-attention, position t predicts item t+1.
 
@@ -143,12 +144,11 @@ class SASRec(_SelfAttentionEncoder):
 
     causal = True
 
-    def __init__(self, n_items: int, d: int = 64, n_blocks: int = 2, n_heads: int = 1, max_len: int = 200,
-                 dropout: float = 0.2, block: str = "pre_ln"):
+    def __init__(self, n_items: int, d: Int = 64, n_blocks: Int = 2, n_heads: Int = 1, max_len: Int = 200,
+                 dropout: Float = 0.2, block: Layout = "pre_ln"):
         self._setup(n_items, d, n_blocks, n_heads, max_len, dropout, block)
 
 
-@register_model("bert4rec")
 class BERT4Rec(_SelfAttentionEncoder):
     """BERT4Rec (Sun et al., CIKM 2019): bidirectional self-attention over a sequence with masked items.
 
@@ -163,8 +163,8 @@ class BERT4Rec(_SelfAttentionEncoder):
     ff_mult = 4
     scale_emb = False
 
-    def __init__(self, n_items: int, d: int = 64, n_blocks: int = 2, n_heads: int = 2, max_len: int = 200,
-                 dropout: float = 0.2, mask_prob: float = 0.2):
+    def __init__(self, n_items: int, d: Int = 64, n_blocks: Int = 2, n_heads: Int = 2, max_len: Int = 200,
+                 dropout: Float = 0.2, mask_prob: Float = 0.2):
         self._setup(n_items, d, n_blocks, n_heads, max_len, dropout)
         self.mask_prob = check_prob("mask_prob", mask_prob)
         if self.mask_prob == 0.0:

@@ -4,9 +4,10 @@
     scores, ids = r.search(queries, k=10, exclude=(offsets, items), deny=unavailable)
     r.save(run_dir / "index" / "faiss-hnsw"); r = load_retriever(run_dir / "index" / "faiss-hnsw")
 
-Backends: ``torch`` (exact, default), ``faiss-flat`` (exact), ``faiss-ivf`` and ``faiss-hnsw``
-(approximate). A FAISS backend asked for without faiss installed falls back to ``torch`` with a
-warning. See docs/retrieval.md for which one to use and the exclusion guarantee.
+Backends are named in ``seqrec.registry.RETRIEVERS``: ``torch`` (exact, default), ``faiss-flat``
+(exact), ``faiss-ivf`` and ``faiss-hnsw`` (approximate), plus any a plug-in registers. A FAISS
+backend asked for without faiss installed falls back to ``torch`` with a warning. See
+docs/retrieval.md for which one to use and the exclusion guarantee.
 """
 
 from __future__ import annotations
@@ -16,60 +17,33 @@ from typing import Any
 
 import numpy as np
 
-from seqrec.errors import ConfigError, DataError
-from seqrec.retrieval.base import Filters, Retriever, load_meta
+from seqrec.registry import RETRIEVERS
+from seqrec.retrieval.base import Filters, Retriever
 from seqrec.retrieval.exact import TorchRetriever, exact_topk
 
 DEFAULT_BACKEND = "torch"
-BACKENDS = ("torch", "faiss-flat", "faiss-ivf", "faiss-hnsw")
-
-
-def _backend_class(backend: str, warn: bool = True) -> type[Retriever]:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown retrieval backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "torch":
-        return TorchRetriever
-    from seqrec.retrieval import faiss_index
-
-    if faiss_index.import_faiss() is None:
-        if warn:
-            faiss_index.faiss_fallback_warning(backend)
-        return TorchRetriever
-    return {"faiss-flat": faiss_index.FaissFlatRetriever, "faiss-ivf": faiss_index.FaissIVFRetriever,
-            "faiss-hnsw": faiss_index.FaissHNSWRetriever}[backend]
 
 
 def build_retriever(backend: str = DEFAULT_BACKEND, **params: Any) -> Retriever:
-    """An unbuilt retriever of ``backend`` with hyper-parameters ``params`` (validated by name).
+    """An unbuilt retriever of ``backend`` (a name in ``seqrec.registry.RETRIEVERS``) with
+    hyper-parameters ``params`` (checked by name: unknown or renamed keys are one-line ConfigErrors).
 
     Asking for a FAISS backend when faiss is not importable warns once and returns ``torch``
     (the FAISS-only parameters are dropped then).
     """
-    cls = _backend_class(backend)
-    if cls is TorchRetriever and backend != "torch":
-        params = {k: v for k, v in params.items() if k in TorchRetriever.defaults}
+    cls = RETRIEVERS.get(RETRIEVERS.check_name(backend, "retrieval"))
+    cls.check_params(params)
+    if not cls.available():
+        from seqrec.retrieval.faiss_index import faiss_fallback_warning
+
+        faiss_fallback_warning(backend)
+        return TorchRetriever(**{k: v for k, v in params.items() if k in TorchRetriever.defaults})
     return cls(**params)
 
 
 def load_retriever(path: str | os.PathLike) -> Retriever:
-    """Reload a retriever written by ``Retriever.save(path)``."""
-    from pathlib import Path
-
-    meta = load_meta(path)
-    backend = meta["backend"]
-    try:
-        cls = _backend_class(backend, warn=False)
-    except ConfigError:
-        raise DataError(f"{Path(path) / 'retriever.json'}: unknown backend {backend!r}") from None
-    if cls.backend != backend:
-        raise DataError(f"{path}: the index was built with '{backend}', which needs faiss (not importable); "
-                        "pip install faiss-cpu or rebuild it with --backend torch")
-    params = {k: v for k, v in meta["params"].items() if k in cls.defaults and k != "gpu"}
-    r = cls(**params)
-    r.n_items, r.dim = meta["n_items"], meta["dim"]
-    r._load_files(Path(path))
-    r._built = True
-    return r
+    """Reload a retriever written by ``Retriever.save(path)`` (``Retriever.load``)."""
+    return Retriever.load(path)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
@@ -114,5 +88,5 @@ def approximation_report(retriever: Retriever, queries: Any, k: int, exclude: An
     return {"recall@k_vs_exact": recall_at_k(approx, exact), "sample": int(len(rows))}
 
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "Retriever", "approximation_report", "build_retriever",
+__all__ = ["DEFAULT_BACKEND", "Retriever", "approximation_report", "build_retriever",
            "exact_topk", "load_retriever", "recall_at_k"]

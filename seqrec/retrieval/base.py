@@ -23,6 +23,7 @@ import torch
 
 from seqrec.errors import ConfigError, DataError, SeqrecError
 from seqrec.io import temp_dir_next_to, write_json
+from seqrec.registry import RETRIEVERS
 
 FORMAT_VERSION = 1
 META_FILE = "retriever.json"
@@ -156,24 +157,50 @@ class Retriever:
     """Top-k maximum-inner-product search over an item-embedding matrix (catalog space).
 
     Constructor arguments are the backend's hyper-parameters (see ``defaults``); they are stored as
-    given and resolved (e.g. defaults that depend on the catalog size) by ``build``.
+    given and resolved (e.g. defaults that depend on the catalog size) by ``build``. ``name``: the
+    backend's name in ``seqrec.registry.RETRIEVERS``, written by ``save`` (retriever.json "backend").
     """
 
-    backend: ClassVar[str] = ""
+    name: ClassVar[str] = ""
     exact: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
     search_time: ClassVar[tuple[str, ...]] = ()  # parameters set_params may change after build
+    renamed: ClassVar[dict[str, str]] = {}  # old parameter name -> new one (a one-line ConfigError)
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise ConfigError(f"retrieval backend '{self.backend}' has no parameter {unknown[0]!r}; "
-                              f"known: {', '.join(sorted(self.defaults)) or 'none'}")
-        self.given = dict(params)
+        self.given = self.check_params(params)
         self._resolved: dict[str, Any] = {}
         self.n_items = 0
         self.dim = 0
         self._built = False
+
+    @classmethod
+    def available(cls) -> bool:
+        return True  # False: a library the backend needs is not importable (faiss)
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` checked by name against ``defaults`` (through ``RETRIEVERS.check_params``)."""
+        return RETRIEVERS.check_params(cls.name, dict(params), "retrieval")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Retriever:
+        """Reload a retriever written by ``save(path)``: the backend named in its retriever.json."""
+        meta = load_meta(path)
+        name = meta["backend"]
+        if name not in RETRIEVERS:
+            raise DataError(f"{Path(path) / META_FILE}: unknown backend {name!r}")
+        backend = RETRIEVERS.get(name)
+        if not backend.available():
+            raise DataError(f"{path}: the index was built with '{name}', which needs faiss (not importable); "
+                            "pip install faiss-cpu or rebuild it with --backend torch")
+        # saved before a parameter was renamed: read it under its new name; gpu is decided anew
+        saved = {backend.renamed.get(k, k): v for k, v in meta["params"].items()}
+        r = backend(**{k: v for k, v in saved.items() if k in backend.defaults and k != "gpu"})
+        r.n_items, r.dim = meta["n_items"], meta["dim"]
+        r._load_files(Path(path))
+        r._built = True
+        return r
 
     # -- public API -------------------------------------------------------------------------
     @property
@@ -183,9 +210,10 @@ class Retriever:
 
     def set_params(self, **params: Any) -> Retriever:
         """Change search-time parameters (e.g. ``nprobe``, ``ef_search``) without rebuilding."""
+        params = self.check_params(params)
         bad = sorted(set(params) - set(self.search_time))
         if bad:
-            raise ConfigError(f"retrieval backend '{self.backend}': {bad[0]!r} cannot change after build; "
+            raise ConfigError(f"retrieval backend '{self.name}': {bad[0]!r} cannot change after build; "
                               f"search-time parameters: {', '.join(self.search_time) or 'none'}")
         self.given.update(params)
         self._resolved.update(params)
@@ -214,7 +242,7 @@ class Retriever:
         score descending (ties: lower id first); id -1 / score -inf where fewer than k items remain.
         """
         if not self._built:
-            raise SeqrecError(f"retriever '{self.backend}' is not built: call .build(item_emb) first")
+            raise SeqrecError(f"retriever '{self.name}' is not built: call .build(item_emb) first")
         q = _as_matrix(queries, "queries")
         if q.shape[1] != self.dim:
             raise SeqrecError(f"queries have dimension {q.shape[1]}, the index has {self.dim}")
@@ -236,13 +264,13 @@ class Retriever:
         later reader can tell whether the index still matches the model.
         """
         if not self._built:
-            raise SeqrecError(f"retriever '{self.backend}' is not built: nothing to save")
+            raise SeqrecError(f"retriever '{self.name}' is not built: nothing to save")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir_next_to(path)
         try:
             self._save_files(tmp)
-            write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "backend": self.backend,
+            write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "backend": self.name,
                                          "params": self.params, "n_items": self.n_items, "dim": self.dim,
                                          "source": source})
             old = None

@@ -1,6 +1,6 @@
 """Exact top-k by inner product in torch: chunked over the catalog with a running top-k.
 
-Memory is bounded by one score block [query batch, catalog chunk] (``block_mb``), never [M, C].
+Memory is bounded by one score block [query batch, catalog chunk] (``memory_budget_mb``), never [M, C].
 Filters are exact: excluded / denied items are set to -inf inside each block before its top-k;
 an allow-list scores only the allowed rows of the embedding matrix.
 """
@@ -50,11 +50,12 @@ def _block_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filters | None = None, *,
-               block_mb: float = 64.0, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               memory_budget_mb: float = 64.0, chunk_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` [M, d] against ``emb`` [C, d] under ``filters`` (catalog space).
 
     Returns (scores float32 [M, k], ids int64 [M, k]), -1 / -inf where fewer than k items remain.
-    ``block_mb`` bounds the score block (query batch × catalog chunk, float32) in MiB.
+    ``memory_budget_mb`` bounds the score block (query batch × catalog chunk, float32) in MiB;
+    ``chunk_size``: catalog items per chunk (None: min(C, 32768)).
     """
     n_items = emb.shape[0]
     m = queries.shape[0]
@@ -81,8 +82,8 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
     if c == 0 or m == 0:
         return out_s, out_i
     kk = min(k, c)
-    chunk = int(chunk or min(c, 32768))
-    qbatch = max(1, int(block_mb * 2**20) // (4 * chunk))
+    chunk = int(chunk_size or min(c, 32768))
+    qbatch = max(1, int(memory_budget_mb * 2**20) // (4 * chunk))
     dev = emb.device
     deny_t = torch.from_numpy(deny).to(dev)
     # exclusion pairs sorted by column, so that each chunk's pairs are one slice
@@ -144,21 +145,23 @@ def resolve_device(device: str) -> torch.device:
 class TorchRetriever(Retriever):
     """Exact inner-product search in torch (the default backend).
 
-    ``device``: "auto" (CUDA when available), "cpu" or "cuda[:n]"; ``block_mb``: bound on one score
-    block in MiB; ``chunk``: catalog items per block (None: min(C, 32768)).
+    ``device``: "auto" (CUDA when available), "cpu" or "cuda[:n]"; ``memory_budget_mb``: bound on
+    one score block in MiB; ``chunk_size``: catalog items per block (None: min(C, 32768)).
     """
 
-    backend = "torch"
+    name = "torch"
     exact = True
-    defaults: dict[str, Any] = {"device": "auto", "block_mb": 64.0, "chunk": None}
-    search_time = ("block_mb", "chunk")
+    defaults: dict[str, Any] = {"device": "auto", "memory_budget_mb": 64.0, "chunk_size": None}
+    search_time = ("memory_budget_mb", "chunk_size")
+    renamed = {"block_mb": "memory_budget_mb", "chunk": "chunk_size"}
 
     def _configure(self) -> None:
         p = self.params
-        if not isinstance(p["block_mb"], int | float) or p["block_mb"] <= 0:
-            raise ConfigError(f"retrieval parameter block_mb must be > 0, got {p['block_mb']!r}")
-        if p["chunk"] is not None and (not isinstance(p["chunk"], int) or p["chunk"] < 1):
-            raise ConfigError(f"retrieval parameter chunk must be a positive integer, got {p['chunk']!r}")
+        budget, chunk = p["memory_budget_mb"], p["chunk_size"]
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0:
+            raise ConfigError(f"retrieval parameter memory_budget_mb must be > 0, got {budget!r}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ConfigError(f"retrieval parameter chunk_size must be a positive integer, got {chunk!r}")
 
     def _build(self, emb: Any) -> None:
         self._configure()
@@ -172,7 +175,8 @@ class TorchRetriever(Retriever):
         t = t.to(self._device, torch.float32)
         p = self.params
         with torch.no_grad():
-            return exact_topk(self._emb, t, k, filters, block_mb=float(p["block_mb"]), chunk=p["chunk"])
+            return exact_topk(self._emb, t, k, filters, memory_budget_mb=float(p["memory_budget_mb"]),
+                              chunk_size=p["chunk_size"])
 
     def item_embeddings(self) -> np.ndarray:
         return self._emb.cpu().numpy()

@@ -61,11 +61,15 @@ class FaissRetriever(Retriever):
     common: dict[str, Any] = {"gpu": "auto", "overfetch_cap": 1024, "max_fetch": 8192}
     search_time: tuple[str, ...] = ("overfetch_cap", "max_fetch")
 
+    @classmethod
+    def available(cls) -> bool:
+        return import_faiss() is not None
+
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         faiss = import_faiss()
         if faiss is None:  # build_retriever falls back before this; direct construction cannot
-            raise SeqrecError(f"retrieval backend '{self.backend}' needs faiss, which is not importable "
+            raise SeqrecError(f"retrieval backend '{self.name}' needs faiss, which is not importable "
                               "(pip install faiss-cpu, or use backend 'torch')")
         self._faiss = faiss
         self._index: Any = None
@@ -97,7 +101,7 @@ class FaissRetriever(Retriever):
             raise ConfigError(f"retrieval parameter gpu must be auto, true or false, got {want!r}")
         use = want is not False and gpu_available(self._faiss) and self._gpu_supported()
         if want is True and not use:
-            raise ConfigError(f"retrieval backend '{self.backend}': gpu=true but faiss-gpu with a CUDA "
+            raise ConfigError(f"retrieval backend '{self.name}': gpu=true but faiss-gpu with a CUDA "
                               "device is not available for this index type")
         if use:
             self._gpu_res = self._faiss.StandardGpuResources()
@@ -206,7 +210,7 @@ def _pad(s: np.ndarray, i: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 class FaissFlatRetriever(FaissRetriever):
     """Exact inner product with ``IndexFlatIP`` (brute force, BLAS)."""
 
-    backend = "faiss-flat"
+    name = "faiss-flat"
     exact = True
     defaults: dict[str, Any] = dict(FaissRetriever.common)
 
@@ -226,7 +230,7 @@ class FaissIVFRetriever(FaissRetriever):
     with ``seed``.
     """
 
-    backend = "faiss-ivf"
+    name = "faiss-ivf"
     search_time = (*FaissRetriever.search_time, "nprobe")
     defaults: dict[str, Any] = {**FaissRetriever.common, "nlist": None, "nprobe": None, "train_size": None,
                                 "niter": 10, "seed": 0}
@@ -283,7 +287,7 @@ class FaissHNSWRetriever(FaissRetriever):
     the fetch size when that is larger).
     """
 
-    backend = "faiss-hnsw"
+    name = "faiss-hnsw"
     search_time = (*FaissRetriever.search_time, "ef_search")
     defaults: dict[str, Any] = {**FaissRetriever.common, "M": 32, "ef_construction": 40, "ef_search": 128}
 
