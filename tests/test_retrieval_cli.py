@@ -8,49 +8,54 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from seqrec import SeqRec
+from seqrec.cli import main
 from seqrec.errors import ConfigError
-from seqrec.retrieval import cli as rcli
 from seqrec.retrieval import load_retriever
 
 pytest.importorskip("faiss", reason="the index and bench commands are exercised with faiss backends")
 
+SMALL = {"data.options": {"synthetic": {"n_users": 200, "n_items": 300, "n_clusters": 6, "mean_len": 10.0,
+                                        "max_len": 20}},
+         "model.d": 8, "model.max_len": 20, "model.n_blocks": 1, "train.epochs": 1, "train.num_threads": 1}
 
-def emb(n: int = 300, d: int = 8) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("index") / "run"
+    SeqRec(overrides=SMALL).fit(log=lambda s: None).save(path)
+    return path
 
 
-def test_build_index_saves_under_run_dir(tmp_path):
-    e = emb()
-    out, info = rcli.build_index(tmp_path, "faiss-hnsw", {"ef_search": 40, "M": 8}, item_emb=e)
-    assert out == tmp_path / "index" / "faiss-hnsw" and (out / "retriever.json").is_file()
+def test_build_index_saves_under_run_dir(run):
+    rec = SeqRec.load(run)
+    out, info = rec.build_index("faiss-hnsw", {"ef_search": 40, "M": 8})
+    assert out == run / "index" / "faiss-hnsw" and (out / "retriever.json").is_file()
     assert info["items"] == 300 and info["params"]["ef_search"] == 40
-    r = load_retriever(out)
-    _, ids = r.search(e[:5], 3)
+    e = rec.item_embeddings()
+    _, ids = load_retriever(out).search(e[:5], 3)
     exact = np.argsort(-(e[:5] @ e.T), axis=1, kind="stable")[:, :3]
     assert (ids == exact).mean() >= 0.9
 
 
-def test_index_build_and_info_commands(tmp_path, monkeypatch):
-    e = emb()
-    monkeypatch.setattr(rcli, "_model_item_embeddings", lambda run_dir: e)
-    runner = CliRunner()
-    res = runner.invoke(rcli.index, ["build", str(tmp_path), "--backend", "faiss-ivf", "--set", "nprobe=3",
-                                     "--set", "nlist=6"])
-    assert res.exit_code == 0, res.output
-    assert "faiss-ivf index over 300 items (d=8)" in res.output and "nprobe=3" in res.output
-    r = load_retriever(tmp_path / "index" / "faiss-ivf")
+def test_index_build_and_info_commands(run, capsys):
+    assert main(["index", "build", str(run), "--retrieval", "faiss-ivf", "--set", "eval.retrieval_params.nprobe=3",
+                 "--set", "eval.retrieval_params.nlist=6"]) == 0
+    out = capsys.readouterr().out
+    assert "faiss-ivf index over 300 items (d=8)" in out and "nprobe=3" in out
+    r = load_retriever(run / "index" / "faiss-ivf")
     assert r.params["nprobe"] == 3 and r.params["nlist"] == 6
-    res = runner.invoke(rcli.index, ["info", str(tmp_path / "index" / "faiss-ivf")])
-    assert res.exit_code == 0 and "faiss-ivf: 300 items, d=8" in res.output
+    assert main(["index", "info", str(run / "index" / "faiss-ivf")]) == 0
+    assert "faiss-ivf: 300 items, d=8" in capsys.readouterr().out
 
 
-def test_bad_set_values_are_config_errors():
-    assert rcli.parse_sets(["nprobe=32", "gpu=false", "device=cpu"]) == {"nprobe": 32, "gpu": False,
-                                                                          "device": "cpu"}
-    with pytest.raises(ConfigError, match="expected param=value"):
-        rcli.parse_sets(["nprobe"])
+def test_bad_set_values_are_config_errors(run, capsys):
+    assert main(["index", "build", str(run), "--set", "nprobe=3"]) == 2
+    assert "only takes eval.retrieval_params.* keys" in capsys.readouterr().err
+    assert main(["index", "build", str(run), "--backend", "faiss-ivf"]) == 2
+    assert "--backend was renamed to --retrieval" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown key retrieval.nprobe"):
-        rcli.build_index(".", "faiss-hnsw", {"nprobe": 3}, item_emb=emb())
+        SeqRec.load(run).build_index("faiss-hnsw", {"nprobe": 3})
 
 
 def test_bench_retrieval_tiny(tmp_path):
@@ -81,11 +86,10 @@ def test_saved_index_is_reused_while_it_matches_the_model(tmp_path, tiny_overrid
     import torch
 
     import seqrec.retrieval as retrieval
-    from seqrec import SeqRec
 
     run = tmp_path / "run"
     SeqRec(model="sasrec", loss="ce", overrides=tiny_overrides).fit(log=lambda s: None).save(run)
-    rcli.build_index(run, "faiss-hnsw", {"M": 8, "ef_search": 64})
+    SeqRec.load(run).build_index("faiss-hnsw", {"M": 8, "ef_search": 64})
     rec = SeqRec.load(run)
     expected = rec.evaluate(retrieval="torch")
 
