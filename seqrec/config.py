@@ -44,7 +44,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "window_stride": None,    # sliding windows over histories longer than max_len (None: last max_len only)
         "autocast": None,         # None | bf16 | fp16 (fp16 on CUDA only)
         "seed": 0,
-        "max_time": None,         # wall-clock budget in seconds for training
+        "max_time_s": None,       # wall-clock budget in seconds for training
         "device": "auto",         # auto | cpu | cuda | cuda:N
         "num_threads": None,      # torch intra-op threads on CPU (None: torch default)
         "checkpoint_every_s": 30.0,   # mid-epoch checkpoint period in seconds (None: epoch ends only)

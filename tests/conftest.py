@@ -14,7 +14,7 @@ TINY = {"synthetic": {"n_users": 120, "n_items": 40, "n_clusters": 4, "mean_len"
 def tiny_overrides():
     """Config overrides for a fast end-to-end run on tiny synthetic data."""
     return {"data.options": TINY, "model.d": 16, "model.max_len": 20, "model.n_blocks": 1,
-            "train.epochs": 2, "train.batch_size": 32, "train.max_time": None, "train.num_threads": 1}
+            "train.epochs": 2, "train.batch_size": 32, "train.max_time_s": None, "train.num_threads": 1}
 
 
 def shared_data_or_skip(*parts: str) -> Path:
