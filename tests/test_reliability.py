@@ -30,17 +30,17 @@ from seqrec import SeqRec
 from seqrec.cli import main
 from seqrec.errors import ConfigError, SeqrecError
 from seqrec.io import atomic_path, write_json, write_text
+from seqrec.training import Callback, Trainer
 from seqrec.training import checkpoint as ckpt_mod
 from seqrec.training.checkpoint import load_checkpoint, save_checkpoint
-from seqrec.training.trainer import Trainer
 
 SYNTH = {"n_users": 120, "n_items": 40, "n_clusters": 4, "mean_len": 12.0, "max_len": 30}
 FAST = ["--no-baseline", "--set", "data.options=" + json.dumps({"synthetic": SYNTH}), "--set", "model.d=16",
         "--set", "model.max_len=20", "--set", "model.n_blocks=1", "--set", "train.epochs=2",
-        "--set", "train.batch_size=32", "--set", "train.num_threads=1", "--set", "train.max_time=null",
+        "--set", "train.batch_size=32", "--set", "train.num_threads=1", "--set", "train.max_time_s=null",
         "--set", "train.checkpoint_every_steps=2"]
 OVER = {"data.options": {"synthetic": SYNTH}, "model.d": 16, "model.max_len": 20, "model.n_blocks": 1,
-        "train.epochs": 2, "train.batch_size": 32, "train.num_threads": 1, "train.max_time": None,
+        "train.epochs": 2, "train.batch_size": 32, "train.num_threads": 1, "train.max_time_s": None,
         "train.checkpoint_every_steps": 2}
 QUIET = {"log": lambda s: None}
 OVERWRITE: dict = {}  # what `finished` saw when it first ran without --overwrite
@@ -90,15 +90,18 @@ def finished(tmp_path_factory):
 
 
 def _signal_at_step(monkeypatch, n: int, sig: int = signal.SIGINT) -> None:
-    """Deliver ``sig`` to this process during the n-th training step (as a user's Ctrl-C would)."""
-    orig, count = Trainer._step, {"n": 0}
+    """Deliver ``sig`` to this process at the end of the n-th training step (as a user's Ctrl-C would):
+    every Trainer built while patched gets a callback that does it."""
+    class SignalAt(Callback):
+        def on_step_end(self, trainer, state, loss):
+            if state.global_step == n:
+                os.kill(os.getpid(), sig)
 
-    def step(self, *a, **k):
-        count["n"] += 1
-        if count["n"] == n:
-            os.kill(os.getpid(), sig)
-        return orig(self, *a, **k)
-    monkeypatch.setattr(Trainer, "_step", step)
+    init = Trainer.__init__
+
+    def with_signal(self, *a, callbacks=(), **k):
+        init(self, *a, callbacks=[SignalAt(), *callbacks], **k)
+    monkeypatch.setattr(Trainer, "__init__", with_signal)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +281,7 @@ def _poison_loss(at_calls: set[int], value: float = float("nan"), grad: bool = F
 
 
 def _where(trainer, call: int) -> str:
-    nb = -(-len(trainer.windows) // int(trainer.t.batch_size))
+    nb = trainer.n_batches
     return f"epoch {(call - 1) // nb + 1} step {(call - 1) % nb + 1}"
 
 
@@ -580,7 +583,7 @@ def test_trim_heap_returns_freed_pages_to_the_os(tmp_path):
     script = tmp_path / "trim.py"
     script.write_text(
         "import numpy as np\n"
-        "from seqrec.training.trainer import trim_heap\n"
+        "from seqrec.training.system import trim_heap\n"
         "def rss():\n"
         "    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
         "blocks = [np.ones(12_500) for _ in range(3000)]\n"
