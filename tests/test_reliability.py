@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_resume import with_callbacks
 
 from seqrec import SeqRec
 from seqrec.cli import main
@@ -260,24 +261,25 @@ def test_resume_with_every_checkpoint_damaged_is_a_clear_error(interrupted, tmp_
 
 
 # ------------------------------------------------------------------ numerics
-def _poison_loss(at_calls: set[int], value: float = float("nan"), grad: bool = False, seen: list | None = None):
-    """Trainer hook: the loss (or, with ``grad``, its gradient) becomes ``value`` at the given calls."""
-    def hook(trainer):
-        orig, count = trainer.loss, {"n": 0}
-        if seen is not None:
-            seen.append(trainer)
+class PoisonLoss(Callback):
+    """Wraps the trainer's loss: at the given calls it (or, with ``grad``, its gradient) becomes ``value``."""
+
+    def __init__(self, at_calls: set[int], value: float = float("nan"), grad: bool = False) -> None:
+        self.at_calls, self.value, self.grad, self.calls = at_calls, value, grad, 0
+
+    def on_fit_start(self, trainer, state):
+        self.trainer, orig = trainer, trainer.loss
 
         def loss(*a, **k):
-            count["n"] += 1
+            self.calls += 1
             out = orig(*a, **k)
-            if count["n"] in at_calls:
-                if grad:
-                    out.register_hook(lambda g: g * value)
-                    return out
-                return out + value
-            return out
+            if self.calls not in self.at_calls:
+                return out
+            if self.grad:
+                out.register_hook(lambda g: g * self.value)
+                return out
+            return out + self.value
         trainer.loss = loss
-    return hook
 
 
 def _where(trainer, call: int) -> str:
@@ -287,22 +289,22 @@ def _where(trainer, call: int) -> str:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_naming_step_value_and_last_checkpoint(tmp_path, value):
-    seen: list = []
+    poison = PoisonLoss({3}, value)
     with pytest.raises(SeqrecError) as e:
-        SeqRec(overrides=OVER).fit(run_dir=tmp_path / "r", trainer_hook=_poison_loss({3}, value, seen=seen), **QUIET)
+        SeqRec(overrides=OVER).fit(run_dir=tmp_path / "r", **with_callbacks(poison), **QUIET)
     msg = str(e.value)
     last = tmp_path / "r" / "checkpoints" / "last.pt"
-    assert f"non-finite loss {value}" in msg and _where(seen[0], 3) in msg and f"checkpoint: {last}" in msg
+    assert f"non-finite loss {value}" in msg and _where(poison.trainer, 3) in msg and f"checkpoint: {last}" in msg
     ck = load_checkpoint(last)  # the named checkpoint loads and holds the state before the bad step
     assert ck["state"]["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 def test_non_finite_gradient_stops_naming_the_gradient():
-    seen: list = []
+    poison = PoisonLoss({2}, float("nan"), grad=True)
     with pytest.raises(SeqrecError, match=r"non-finite gradient norm nan \(loss \d") as e:
-        SeqRec(overrides=OVER).fit(trainer_hook=_poison_loss({2}, float("nan"), grad=True, seen=seen), **QUIET)
-    assert _where(seen[0], 2) in str(e.value) and "last good checkpoint: none" in str(e.value)
+        SeqRec(overrides=OVER).fit(**with_callbacks(poison), **QUIET)
+    assert _where(poison.trainer, 2) in str(e.value) and "last good checkpoint: none" in str(e.value)
 
 
 def test_huge_learning_rate_stops_with_a_non_finite_message():
@@ -313,12 +315,12 @@ def test_huge_learning_rate_stops_with_a_non_finite_message():
 def test_nan_policy_skip_skips_up_to_the_limit_then_stops():
     over = {**OVER, "train.nan_policy": "skip", "train.max_nan_skips": 2}
     logs: list[str] = []
-    rec = SeqRec(overrides=over).fit(trainer_hook=_poison_loss({2, 4}), log=logs.append)
+    rec = SeqRec(overrides=over).fit(**with_callbacks(PoisonLoss({2, 4})), log=logs.append)
     skipped = [m for m in logs if "step skipped" in m]
     assert len(skipped) == 2 and "(2/2)" in skipped[-1]
     assert all(torch.isfinite(p).all() for p in rec.model_.parameters())
     with pytest.raises(SeqrecError, match="non-finite loss nan"):
-        SeqRec(overrides=over).fit(trainer_hook=_poison_loss({2, 4, 5}), **QUIET)
+        SeqRec(overrides=over).fit(**with_callbacks(PoisonLoss({2, 4, 5})), **QUIET)
 
 
 # ------------------------------------------------------------------ untrusted checkpoints and configs

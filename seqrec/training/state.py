@@ -115,4 +115,7 @@ def load_resume(run: RunDir | None, fingerprint: str, n_items: int, log: Any) ->
         path = run.prev
         ck = load_checkpoint(path)
     check_compatible(ck, fingerprint, n_items, path)
+    if "stop" not in ck.get("state", {}):
+        raise SeqrecError(f"checkpoint {path} was written by an older seqrec (version "
+                          f"{ck['meta'].get('version')}); its training state cannot be continued")
     return ck
