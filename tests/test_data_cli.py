@@ -166,6 +166,7 @@ def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
 def test_dataset_options_decorator_is_reusable(tmp_path):
     import click
     from click.testing import CliRunner
+
     from seqrec.cli.data import dataset_options
 
     seen = {}

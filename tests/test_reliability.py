@@ -25,22 +25,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_resume import with_callbacks
 
 from seqrec import SeqRec
 from seqrec.cli import main
 from seqrec.errors import ConfigError, SeqrecError
 from seqrec.io import atomic_path, write_json, write_text
+from seqrec.training import Callback, Trainer
 from seqrec.training import checkpoint as ckpt_mod
 from seqrec.training.checkpoint import load_checkpoint, save_checkpoint
-from seqrec.training.trainer import Trainer
 
 SYNTH = {"n_users": 120, "n_items": 40, "n_clusters": 4, "mean_len": 12.0, "max_len": 30}
 FAST = ["--no-baseline", "--set", "data.options=" + json.dumps({"synthetic": SYNTH}), "--set", "model.d=16",
         "--set", "model.max_len=20", "--set", "model.n_blocks=1", "--set", "train.epochs=2",
-        "--set", "train.batch_size=32", "--set", "train.num_threads=1", "--set", "train.max_time=null",
+        "--set", "train.batch_size=32", "--set", "train.num_threads=1", "--set", "train.max_time_s=null",
         "--set", "train.checkpoint_every_steps=2"]
 OVER = {"data.options": {"synthetic": SYNTH}, "model.d": 16, "model.max_len": 20, "model.n_blocks": 1,
-        "train.epochs": 2, "train.batch_size": 32, "train.num_threads": 1, "train.max_time": None,
+        "train.epochs": 2, "train.batch_size": 32, "train.num_threads": 1, "train.max_time_s": None,
         "train.checkpoint_every_steps": 2}
 QUIET = {"log": lambda s: None}
 OVERWRITE: dict = {}  # what `finished` saw when it first ran without --overwrite
@@ -90,15 +91,18 @@ def finished(tmp_path_factory):
 
 
 def _signal_at_step(monkeypatch, n: int, sig: int = signal.SIGINT) -> None:
-    """Deliver ``sig`` to this process during the n-th training step (as a user's Ctrl-C would)."""
-    orig, count = Trainer._step, {"n": 0}
+    """Deliver ``sig`` to this process at the end of the n-th training step (as a user's Ctrl-C would):
+    every Trainer built while patched gets a callback that does it."""
+    class SignalAt(Callback):
+        def on_step_end(self, trainer, state, loss):
+            if state.global_step == n:
+                os.kill(os.getpid(), sig)
 
-    def step(self, *a, **k):
-        count["n"] += 1
-        if count["n"] == n:
-            os.kill(os.getpid(), sig)
-        return orig(self, *a, **k)
-    monkeypatch.setattr(Trainer, "_step", step)
+    init = Trainer.__init__
+
+    def with_signal(self, *a, callbacks=(), **k):
+        init(self, *a, callbacks=[SignalAt(), *callbacks], **k)
+    monkeypatch.setattr(Trainer, "__init__", with_signal)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +127,7 @@ def test_existing_run_dir_is_kept_without_overwrite_and_replaced_with_it(finishe
 def _no_data_loading(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("data was loaded before the run directory was checked")
-    monkeypatch.setattr(SeqRec, "from_config", boom)
+    monkeypatch.setattr(SeqRec, "_load_data", boom)
 
 
 def test_run_dir_under_a_regular_file_fails_before_loading_data(tmp_path, monkeypatch):
@@ -146,7 +150,7 @@ def test_permission_denied_run_dir_fails_before_loading_data(tmp_path, monkeypat
 
 def test_low_disk_space_fails_early_with_clear_message(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("seqrec.commands.shutil.disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 5 * 2**20))
+    monkeypatch.setattr("seqrec.rundir.shutil.disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 5 * 2**20))
     _no_data_loading(monkeypatch)
     rc, _, err = cli("fit", "--out", tmp_path / "run", *FAST)
     one_line_error(rc, err, "5 MB free", "50 MB")
@@ -257,49 +261,50 @@ def test_resume_with_every_checkpoint_damaged_is_a_clear_error(interrupted, tmp_
 
 
 # ------------------------------------------------------------------ numerics
-def _poison_loss(at_calls: set[int], value: float = float("nan"), grad: bool = False, seen: list | None = None):
-    """Trainer hook: the loss (or, with ``grad``, its gradient) becomes ``value`` at the given calls."""
-    def hook(trainer):
-        orig, count = trainer.loss, {"n": 0}
-        if seen is not None:
-            seen.append(trainer)
+class PoisonLoss(Callback):
+    """Wraps the trainer's loss: at the given calls it (or, with ``grad``, its gradient) becomes ``value``."""
+
+    def __init__(self, at_calls: set[int], value: float = float("nan"), grad: bool = False) -> None:
+        self.at_calls, self.value, self.grad, self.calls = at_calls, value, grad, 0
+
+    def on_fit_start(self, trainer, state):
+        self.trainer, orig = trainer, trainer.loss
 
         def loss(*a, **k):
-            count["n"] += 1
+            self.calls += 1
             out = orig(*a, **k)
-            if count["n"] in at_calls:
-                if grad:
-                    out.register_hook(lambda g: g * value)
-                    return out
-                return out + value
-            return out
+            if self.calls not in self.at_calls:
+                return out
+            if self.grad:
+                out.register_hook(lambda g: g * self.value)
+                return out
+            return out + self.value
         trainer.loss = loss
-    return hook
 
 
 def _where(trainer, call: int) -> str:
-    nb = -(-len(trainer.windows) // int(trainer.t.batch_size))
+    nb = trainer.n_batches
     return f"epoch {(call - 1) // nb + 1} step {(call - 1) % nb + 1}"
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_naming_step_value_and_last_checkpoint(tmp_path, value):
-    seen: list = []
+    poison = PoisonLoss({3}, value)
     with pytest.raises(SeqrecError) as e:
-        SeqRec(overrides=OVER).fit(run_dir=tmp_path / "r", trainer_hook=_poison_loss({3}, value, seen=seen), **QUIET)
+        SeqRec(overrides=OVER).fit(run_dir=tmp_path / "r", **with_callbacks(poison), **QUIET)
     msg = str(e.value)
     last = tmp_path / "r" / "checkpoints" / "last.pt"
-    assert f"non-finite loss {value}" in msg and _where(seen[0], 3) in msg and f"checkpoint: {last}" in msg
+    assert f"non-finite loss {value}" in msg and _where(poison.trainer, 3) in msg and f"checkpoint: {last}" in msg
     ck = load_checkpoint(last)  # the named checkpoint loads and holds the state before the bad step
     assert ck["state"]["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 def test_non_finite_gradient_stops_naming_the_gradient():
-    seen: list = []
+    poison = PoisonLoss({2}, float("nan"), grad=True)
     with pytest.raises(SeqrecError, match=r"non-finite gradient norm nan \(loss \d") as e:
-        SeqRec(overrides=OVER).fit(trainer_hook=_poison_loss({2}, float("nan"), grad=True, seen=seen), **QUIET)
-    assert _where(seen[0], 2) in str(e.value) and "last good checkpoint: none" in str(e.value)
+        SeqRec(overrides=OVER).fit(**with_callbacks(poison), **QUIET)
+    assert _where(poison.trainer, 2) in str(e.value) and "last good checkpoint: none" in str(e.value)
 
 
 def test_huge_learning_rate_stops_with_a_non_finite_message():
@@ -310,12 +315,12 @@ def test_huge_learning_rate_stops_with_a_non_finite_message():
 def test_nan_policy_skip_skips_up_to_the_limit_then_stops():
     over = {**OVER, "train.nan_policy": "skip", "train.max_nan_skips": 2}
     logs: list[str] = []
-    rec = SeqRec(overrides=over).fit(trainer_hook=_poison_loss({2, 4}), log=logs.append)
+    rec = SeqRec(overrides=over).fit(**with_callbacks(PoisonLoss({2, 4})), log=logs.append)
     skipped = [m for m in logs if "step skipped" in m]
     assert len(skipped) == 2 and "(2/2)" in skipped[-1]
     assert all(torch.isfinite(p).all() for p in rec.model_.parameters())
     with pytest.raises(SeqrecError, match="non-finite loss nan"):
-        SeqRec(overrides=over).fit(trainer_hook=_poison_loss({2, 4, 5}), **QUIET)
+        SeqRec(overrides=over).fit(**with_callbacks(PoisonLoss({2, 4, 5})), **QUIET)
 
 
 # ------------------------------------------------------------------ untrusted checkpoints and configs
@@ -580,7 +585,7 @@ def test_trim_heap_returns_freed_pages_to_the_os(tmp_path):
     script = tmp_path / "trim.py"
     script.write_text(
         "import numpy as np\n"
-        "from seqrec.training.trainer import trim_heap\n"
+        "from seqrec.training.system import trim_heap\n"
         "def rss():\n"
         "    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
         "blocks = [np.ones(12_500) for _ in range(3000)]\n"

@@ -12,26 +12,31 @@ import torch
 
 from seqrec import SeqRec
 from seqrec.errors import SeqrecError
-from seqrec.training.trainer import TrainingInterrupted
+from seqrec.training import Callback, TrainingInterrupted
 
 
 def _over(tiny, **extra):
     return {**tiny, "train.epochs": 3, "train.checkpoint_every_steps": 2, **extra}
 
 
-def _interrupt_at(at_step):
-    """A trainer hook that raises the stop flag (as the SIGTERM handler does) during step ``at_step``."""
-    def hook(trainer):
-        orig = trainer._step
-        count = {"n": 0}
+class SignalAt(Callback):
+    """Sends ``sig`` to this process at the end of step ``n``, as ``kill`` would mid-run."""
 
-        def counted(*a, **k):
-            count["n"] += 1
-            if count["n"] == at_step:
-                trainer.stop_signal = signal.SIGTERM
-            return orig(*a, **k)
-        trainer._step = counted
-    return hook
+    def __init__(self, n: int, sig: int = signal.SIGTERM) -> None:
+        self.n, self.sig = n, sig
+
+    def on_step_end(self, trainer, state, loss):
+        if state.global_step == self.n:
+            os.kill(os.getpid(), self.sig)
+
+
+def with_callbacks(*callbacks):
+    """``fit`` keyword arguments that put ``callbacks`` first in the run's Trainer."""
+    return {"callbacks": list(callbacks)}
+
+
+def _interrupt_at(at_step):
+    return with_callbacks(SignalAt(at_step))
 
 
 @pytest.mark.parametrize("model", ["sasrec", "bert4rec"])
@@ -40,7 +45,7 @@ def test_interrupt_and_resume_is_bit_identical(tiny_overrides, tmp_path, model):
     full = SeqRec(overrides=over).fit(run_dir=tmp_path / "full", log=lambda s: None)
     cut = SeqRec(overrides=over)
     with pytest.raises(TrainingInterrupted):
-        cut.fit(run_dir=tmp_path / "cut", log=lambda s: None, trainer_hook=_interrupt_at(5))  # mid-epoch 2
+        cut.fit(run_dir=tmp_path / "cut", log=lambda s: None, **_interrupt_at(5))  # mid-epoch 2
     resumed = SeqRec(overrides=over).fit(run_dir=tmp_path / "cut", resume=True, log=lambda s: None)
     for k, v in full.model_.state_dict().items():
         assert torch.equal(v, resumed.model_.state_dict()[k]), k
@@ -53,7 +58,7 @@ def test_interrupt_and_resume_is_bit_identical(tiny_overrides, tmp_path, model):
 def test_damaged_last_checkpoint_falls_back_to_previous(tiny_overrides, tmp_path):
     over = _over(tiny_overrides)
     with pytest.raises(TrainingInterrupted):
-        SeqRec(overrides=over).fit(run_dir=tmp_path / "r", log=lambda s: None, trainer_hook=_interrupt_at(6))
+        SeqRec(overrides=over).fit(run_dir=tmp_path / "r", log=lambda s: None, **_interrupt_at(6))
     ck = tmp_path / "r" / "checkpoints"
     assert (ck / "prev.pt").exists()
     (ck / "last.pt").write_bytes((ck / "last.pt").read_bytes()[:100])  # truncated
@@ -68,7 +73,7 @@ def test_checkpoint_for_other_data_is_refused(tiny_overrides, tmp_path):
     over = _over(tiny_overrides)
     other = {**over, "data.options": {"synthetic": {**over["data.options"]["synthetic"], "seed": 5}}}
     with pytest.raises(TrainingInterrupted):
-        SeqRec(overrides=over).fit(run_dir=tmp_path / "a", log=lambda s: None, trainer_hook=_interrupt_at(3))
+        SeqRec(overrides=over).fit(run_dir=tmp_path / "a", log=lambda s: None, **_interrupt_at(3))
     SeqRec(overrides=other).fit(run_dir=tmp_path / "b", log=lambda s: None)
     shutil.rmtree(tmp_path / "a" / "data")
     shutil.copytree(tmp_path / "b" / "data", tmp_path / "a" / "data")  # a run pointed at other data
@@ -85,7 +90,7 @@ def _fit_cmd(out, *extra):
     return [sys.executable, "-m", "seqrec.cli", "fit", "--out", str(out), "--no-baseline", "--set", tiny,
             "--set", "model.d=16", "--set", "model.max_len=30", "--set", "train.epochs=3",
             "--set", "train.batch_size=16", "--set", "train.checkpoint_every_steps=3",
-            "--set", "train.max_time=null", "--set", "train.num_threads=1", *extra]
+            "--set", "train.max_time_s=null", "--set", "train.num_threads=1", *extra]
 
 
 def _start_and_stop(out, sig):

@@ -115,11 +115,11 @@ def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
 
 def _train(cfg: Any, run: Any, resume: bool, baseline: bool) -> int:
     from seqrec.api import SeqRec
-    from seqrec.training import SignalStop, TrainingInterrupted
+    from seqrec.training import TrainingInterrupted
 
     rec = SeqRec(config=cfg)
-    try:
-        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True), callbacks=[SignalStop()])
+    try:  # with a run directory the trainer turns SIGINT/SIGTERM into a checkpoint and TrainingInterrupted
+        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True))
     except TrainingInterrupted as e:
         click.echo(f"interrupted: checkpoint saved in {run.checkpoints}; resume with: seqrec fit --resume "
                    f"{run.path}", err=True)

@@ -1,0 +1,132 @@
+"""The training state: what a checkpoint holds, why training stopped, capture and restore.
+
+``last.pt`` = {"meta", "model", "optimizer", "rng", "state"}: enough to continue bit-identically on
+CPU (the epoch order, the step inside the epoch and every RNG are part of it). ``best.pt`` =
+{"meta", "model", "epoch"}. Both load with ``torch.load(weights_only=True)``: only tensors, plain
+numbers and JSON strings.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from seqrec import __version__
+from seqrec.errors import SeqrecError
+from seqrec.rundir import RunDir
+from seqrec.training.checkpoint import check_compatible, load_checkpoint
+from seqrec.training.system import global_rng_state, set_global_rng_state
+
+if TYPE_CHECKING:
+    from seqrec.training.trainer import Trainer
+
+
+class Stop(enum.Enum):
+    """Why training ended before ``train.epochs``."""
+
+    TIME_BUDGET = "time_budget"  # train.max_time_s spent (TimeBudget)
+    EARLY_STOP = "early_stop"    # train.patience epochs without a validation gain (EarlyStopping)
+    CALLBACK = "callback"        # any other callback's decision
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """A callback's request to end training after the current step (the epoch is then closed as usual)."""
+
+    kind: Stop
+    message: str  # one line for the log and train_info.json, e.g. "time budget of 60s reached"
+
+
+@dataclass
+class TrainState:
+    """Everything about the run's progress that a checkpoint carries (the model and RNGs aside)."""
+
+    epoch: int = 0                  # completed epochs
+    step: int = 0                   # batches done in the current epoch
+    global_step: int = 0            # batches done in the whole run
+    perm: np.ndarray | None = None  # order of the training windows in the current epoch (None between epochs)
+    best: float = -1.0              # best validation NDCG@10 so far
+    best_epoch: int = 0
+    bad_epochs: int = 0             # epochs since the best one
+    nan_skips: int = 0              # non-finite steps skipped (train.nan_policy=skip)
+    elapsed: float = 0.0            # training seconds, over every process of the run
+    history: list[dict[str, float]] = field(default_factory=list)  # one metrics.jsonl record per epoch
+    stop: StopReason | None = None  # set by a callback to end training; None while running
+
+
+def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
+    """What identifies the data and model of a checkpoint (checked before it is loaded)."""
+    return {"version": __version__, "fingerprint": trainer.fingerprint, "n_items": trainer.data.n_items,
+            "model": type(trainer.model).__name__}
+
+
+def capture(trainer: Trainer, st: TrainState) -> dict[str, Any]:
+    """The full training state of ``trainer`` at ``st`` (the content of ``last.pt``)."""
+    stop = {"kind": st.stop.kind.value, "message": st.stop.message} if st.stop else None
+    return {
+        "meta": checkpoint_meta(trainer),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict() if trainer.optimizer else None,
+        "rng": {**global_rng_state(), "numpy": json.dumps(trainer.rng.bit_generator.state),
+                "loss": trainer.gen.get_state()},
+        "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step,
+                  "perm": torch.from_numpy(st.perm) if st.perm is not None else None,
+                  "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
+                  "nan_skips": st.nan_skips, "elapsed": st.elapsed, "stop": json.dumps(stop),
+                  "history": json.dumps(st.history)},
+    }
+
+
+def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
+    """Load ``ck`` (from ``capture``) into the trainer's model, optimiser and RNGs -> its TrainState."""
+    trainer.model.load_state_dict(ck["model"])
+    if trainer.optimizer and ck["optimizer"]:
+        trainer.optimizer.load_state_dict(ck["optimizer"])
+    r = ck["rng"]
+    set_global_rng_state(r)
+    trainer.rng.bit_generator.state = json.loads(r["numpy"])
+    trainer.gen.set_state(r["loss"])
+    s = ck["state"]
+    stop = json.loads(s["stop"])
+    return TrainState(epoch=s["epoch"], step=s["step"], global_step=s["global_step"],
+                      perm=s["perm"].numpy() if s["perm"] is not None else None, best=s["best"],
+                      best_epoch=s["best_epoch"], bad_epochs=s["bad_epochs"], nan_skips=s["nan_skips"],
+                      elapsed=s["elapsed"], history=json.loads(s["history"]),
+                      stop=StopReason(Stop(stop["kind"]), stop["message"]) if stop else None)
+
+
+def load_resume(run: RunDir | None, fingerprint: str, n_items: int, log: Any) -> dict[str, Any] | None:
+    """The newest loadable ``last.pt`` of ``run`` (falls back to ``prev.pt`` if it is damaged); None if
+    the run has no checkpoint yet. A checkpoint of other data is refused."""
+    if run is None or not run.last.exists():
+        return None
+    path = run.last
+    try:
+        ck = load_checkpoint(path)
+    except SeqrecError as e:
+        if not run.prev.exists():
+            raise
+        log(f"warning: {e}; falling back to {run.prev}")
+        path = run.prev
+        ck = load_checkpoint(path)
+    check_compatible(ck, fingerprint, n_items, path)
+    return _upgrade(ck)
+
+
+def _upgrade(ck: dict[str, Any]) -> dict[str, Any]:
+    """A ``last.pt`` written before the callback trainer (the stop reason as a string, Python's RNG
+    state at the top level) in today's layout, so runs started then still resume bit-exactly."""
+    s = ck["state"]
+    if "stop" in s:
+        return ck
+    old = s.pop("stopped", "")
+    kind = Stop.TIME_BUDGET if old.startswith("time budget") else Stop.EARLY_STOP if old.startswith("early") \
+        else Stop.CALLBACK
+    s["stop"] = json.dumps({"kind": kind.value, "message": old} if old else None)
+    ck["rng"]["python"] = ck.pop("python_rng")
+    return ck
