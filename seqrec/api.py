@@ -122,7 +122,9 @@ class SeqRec:
         run = RunDir(run_dir) if run_dir is not None else None
         with run.lock() if run is not None else contextlib.nullcontext():
             if resume and run is not None and run.has_data() and data is None:
-                self.data_ = self._load_data(str(run.data))  # the run's own copy: no raw re-reading
+                from seqrec.data import load_dataset
+
+                self.data_ = load_dataset(str(run.data))  # the run's own prepared copy: no raw re-reading
             else:
                 self.data_ = self._load_data(data)
             seed_everything(self.cfg_.train.seed)  # model initialisation is part of the seeded run

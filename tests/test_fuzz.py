@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from seqrec.cli import main
-from seqrec.config import DEFAULTS, load_config
+from seqrec.config import DEFAULT_TREE, load_config
 from seqrec.data import FORMATS, load_dataset
 from seqrec.data.store import PreparedData
 from seqrec.errors import SeqrecError
@@ -183,7 +183,7 @@ def test_data_stats_cli_exits_0_or_2_with_one_line(tmp_path_factory, capsys, fmt
 
 
 # ------------------------------------------------------------------ config
-KEYS = [f"{s}.{k}" for s, keys in DEFAULTS.items() for k in keys] + [
+KEYS = [f"{s}.{k}" for s, keys in DEFAULT_TREE.items() for k in keys] + [
     "model.d", "model.max_len", "model.n_blocks", "loss.n_negatives", "model", "train", "x.y", "train.",
     ".lr", "train.lr.x", "model.name.x", "data.options.synthetic.n_users"]
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(allow_nan=True),
@@ -197,8 +197,8 @@ YAML_VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
 def config_trees(draw):
     """A YAML mapping shaped like a config (real section and key names) with random values."""
     tree = {}
-    for sec in draw(st.lists(st.sampled_from([*DEFAULTS, "optim", "7"]), max_size=4, unique=True)):
-        keys = list(DEFAULTS.get(sec, {})) + ["name", "d", "bogus"]
+    for sec in draw(st.lists(st.sampled_from([*DEFAULT_TREE, "optim", "7"]), max_size=4, unique=True)):
+        keys = list(DEFAULT_TREE.get(sec, {})) + ["name", "d", "bogus"]
         tree[sec] = draw(st.one_of(SCALARS, st.dictionaries(st.sampled_from(keys), YAML_VALUES, max_size=4)))
     return tree
 

@@ -31,7 +31,7 @@ def test_build_index_saves_under_run_dir(run):
     rec = SeqRec.load(run)
     out, info = rec.build_index("faiss-hnsw", {"ef_search": 40, "M": 8})
     assert out == run / "index" / "faiss-hnsw" and (out / "retriever.json").is_file()
-    assert info["items"] == 300 and info["params"]["ef_search"] == 40
+    assert info["items"] == rec.data_.n_items and info["params"]["ef_search"] == 40
     e = rec.item_embeddings()
     _, ids = load_retriever(out).search(e[:5], 3)
     exact = np.argsort(-(e[:5] @ e.T), axis=1, kind="stable")[:, :3]
@@ -42,11 +42,12 @@ def test_index_build_and_info_commands(run, capsys):
     assert main(["index", "build", str(run), "--retrieval", "faiss-ivf", "--set", "eval.retrieval_params.nprobe=3",
                  "--set", "eval.retrieval_params.nlist=6"]) == 0
     out = capsys.readouterr().out
-    assert "faiss-ivf index over 300 items (d=8)" in out and "nprobe=3" in out
+    n = SeqRec.load(run).data_.n_items
+    assert f"faiss-ivf index over {n} items (d=8)" in out and "nprobe=3" in out
     r = load_retriever(run / "index" / "faiss-ivf")
     assert r.params["nprobe"] == 3 and r.params["nlist"] == 6
     assert main(["index", "info", str(run / "index" / "faiss-ivf")]) == 0
-    assert "faiss-ivf: 300 items, d=8" in capsys.readouterr().out
+    assert f"faiss-ivf: {n} items, d=8" in capsys.readouterr().out
 
 
 def test_bad_set_values_are_config_errors(run, capsys):

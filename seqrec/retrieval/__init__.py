@@ -88,5 +88,7 @@ def approximation_report(retriever: Retriever, queries: Any, k: int, exclude: An
     return {"recall@k_vs_exact": recall_at_k(approx, exact), "sample": int(len(rows))}
 
 
+from seqrec.retrieval.saved import reuse_index  # noqa: E402  (uses load_retriever above)
+
 __all__ = ["DEFAULT_BACKEND", "Retriever", "approximation_report", "build_retriever",
-           "exact_topk", "load_retriever", "recall_at_k"]
+           "exact_topk", "load_retriever", "recall_at_k", "reuse_index"]
