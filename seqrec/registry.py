@@ -60,11 +60,13 @@ class Registry:
     """Named constructors of one kind (``kind`` = "loss", "model", "retrieval backend").
 
     ``skip``: constructor parameters that come from the data, not the config (``n_items``).
+    ``builtins``: name -> ``"module:attribute"``, imported on first use.
     """
 
-    def __init__(self, kind: str, group: str, skip: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, group: str, skip: tuple[str, ...] = (),
+                 builtins: dict[str, str] | None = None) -> None:
         self.kind, self.group, self.skip = kind, group, skip
-        self._entries: dict[str, Any] = {}   # name -> class, or "module:attribute" until first use
+        self._entries: dict[str, Any] = dict(builtins or {})   # name -> class, or "module:attribute" until used
         self._schemas: dict[str, type[pydantic.BaseModel]] = {}
         self._entry_points_read = False
 
@@ -81,6 +83,11 @@ class Registry:
         self._entries[name] = obj
         self._schemas.pop(name, None)
         return obj
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plug-in's tests clean up with it); unknown names are ignored."""
+        self._entries.pop(name, None)
+        self._schemas.pop(name, None)
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -189,11 +196,7 @@ def _signature_model(cls: Any, skip: tuple[str, ...], title: str) -> type[pydant
 
 # ---------------------------------------------------------------- the three registries
 
-LOSSES = Registry("loss", "seqrec.losses")
-MODELS = Registry("model", "seqrec.models", skip=("n_items",))
-RETRIEVERS = Registry("retrieval backend", "seqrec.retrievers")
-
-for _name, _target in {
+LOSSES = Registry("loss", "seqrec.losses", builtins={
     "ce": "seqrec.losses.ce:FullCE",
     "ce_chunked": "seqrec.losses.ce_chunked:ChunkedCE",
     "bce": "seqrec.losses.sampled:BCE",
@@ -201,22 +204,19 @@ for _name, _target in {
     "sampled_softmax": "seqrec.losses.sampled:SampledSoftmax",
     "sce": "seqrec.losses.sce:SCE",
     "rece": "seqrec.losses.rece:RECE",
-}.items():
-    LOSSES._entries[_name] = _target
-for _name, _target in {
+})
+MODELS = Registry("model", "seqrec.models", skip=("n_items",), builtins={
     "sasrec": "seqrec.models.transformer:SASRec",
     "bert4rec": "seqrec.models.transformer:BERT4Rec",
     "gru4rec": "seqrec.models.gru:GRU4Rec",
     "pop": "seqrec.models.pop:Pop",
-}.items():
-    MODELS._entries[_name] = _target
-for _name, _target in {
+})
+RETRIEVERS = Registry("retrieval backend", "seqrec.retrievers", builtins={
     "torch": "seqrec.retrieval.exact:TorchRetriever",
     "faiss-flat": "seqrec.retrieval.faiss_index:FaissFlatRetriever",
     "faiss-ivf": "seqrec.retrieval.faiss_index:FaissIVFRetriever",
     "faiss-hnsw": "seqrec.retrieval.faiss_index:FaissHNSWRetriever",
-}.items():
-    RETRIEVERS._entries[_name] = _target
+})
 
 
 def load_plugins(modules: Iterable[str] = ()) -> list[str]:

@@ -170,7 +170,7 @@ def test_register_custom_model():
         with pytest.raises(ConfigError, match=r"model\.d.*valid integer"):
             MODELS.build("test_mean", C, d="four")
     finally:
-        MODELS._entries.pop("test_mean")
+        MODELS.unregister("test_mean")
 
 
 def test_encoder_contract_is_checked_at_construction():
@@ -220,7 +220,7 @@ def test_custom_models_doc_example_matches_gru4rec():
         theirs.load_state_dict(ours.state_dict())
         torch.testing.assert_close(theirs(batch()), ours(batch()))
     finally:
-        MODELS._entries.pop("test_doc_gru")
+        MODELS.unregister("test_doc_gru")
 
 
 def test_sasrec_reference_layout_is_causal_padding_invariant_and_distinct():

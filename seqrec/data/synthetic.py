@@ -15,6 +15,7 @@ carries no cluster information); timestamps are integer seconds.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -46,27 +47,11 @@ PRESETS: dict[str, SyntheticParams] = {
     # trains SASRec in well under a minute on 2 CPU cores
     "default": SyntheticParams(),
     # ML-20M's shape: 138,493 users, 26,744 items, ~20.0M interactions (repeats kept so the count holds)
-    "ml-20m": SyntheticParams(
-        n_users=138_493,
-        n_items=26_744,
-        n_clusters=500,
-        mean_len=144.4,
-        min_len=20,
-        max_len=9_254,
-        len_sigma=1.0,
-        dedup=False,
-    ),
+    "ml-20m": SyntheticParams(n_users=138_493, n_items=26_744, n_clusters=500, mean_len=144.4, min_len=20,
+                              max_len=9_254, len_sigma=1.0, dedup=False),
     # a million-item catalog for scale tests (~10M interactions)
-    "million": SyntheticParams(
-        n_users=200_000,
-        n_items=1_000_000,
-        n_clusters=20_000,
-        mean_len=50.0,
-        min_len=5,
-        max_len=2_000,
-        len_sigma=0.8,
-        dedup=False,
-    ),
+    "million": SyntheticParams(n_users=200_000, n_items=1_000_000, n_clusters=20_000, mean_len=50.0, min_len=5,
+                               max_len=2_000, len_sigma=0.8, dedup=False),
 }
 
 
@@ -112,10 +97,28 @@ def generate(params: SyntheticParams | None = None, **overrides) -> pl.DataFrame
     """
     p = replace(params, **overrides) if params is not None else params_for("default", **overrides)
     _validate(p)
-    rng = np.random.default_rng(p.seed)
-    C, K = p.n_items, p.n_clusters
+    rng = np.random.default_rng(p.seed)  # one stream, drawn in a fixed order: the data is a function of p
+    step = _transitions(p, rng)
+    # sequence lengths: log-normal with the requested mean
+    mu = np.log(p.mean_len) - p.len_sigma**2 / 2
+    lengths = np.clip(np.rint(rng.lognormal(mu, p.len_sigma, p.n_users)), p.min_len, p.max_len).astype(np.int64)
+    items, times = _walk(p, rng, lengths, step)
+    users = np.repeat(np.arange(p.n_users, dtype=np.int64), lengths)
+    if p.dedup:
+        key = users * (p.n_items + 1) + items
+        _, first = np.unique(key, return_index=True)
+        keep = np.zeros(len(key), dtype=bool)
+        keep[first] = True
+        users, items, times = users[keep], items[keep], times[keep]
+    raw_item = rng.permutation(p.n_items).astype(np.int64) + 1  # raw ids carry no cluster information
+    return pl.DataFrame({"user": users + 1, "item": raw_item[items], "timestamp": times})
 
-    # clusters are contiguous blocks of the (internal, 0-based) item index; Zipf weights within a block
+
+def _transitions(p: SyntheticParams, rng: np.random.Generator) -> Any:
+    """The catalog's structure -> ``step(cur) -> next items`` [n] and ``step.first(n)``: successors,
+    cluster hops and global Zipf popularity (clusters are contiguous blocks of the 0-based item index,
+    Zipf weights within a block)."""
+    C, K = p.n_items, p.n_clusters
     bounds = np.linspace(0, C, K + 1).round().astype(np.int64)
     cluster_of = np.repeat(np.arange(K), np.diff(bounds))
     rank = np.arange(C) - bounds[cluster_of]
@@ -135,54 +138,46 @@ def generate(params: SyntheticParams | None = None, **overrides) -> pl.DataFrame
 
     fan_p = _decreasing(p.cluster_fanout)
     cnext = rng.integers(0, K, size=(K, p.cluster_fanout))
-    succ_c = cnext[
-        np.repeat(cluster_of, p.successors), rng.choice(p.cluster_fanout, C * p.successors, p=fan_p)
-    ]
+    succ_c = cnext[np.repeat(cluster_of, p.successors), rng.choice(p.cluster_fanout, C * p.successors, p=fan_p)]
     succ = from_cluster(succ_c).reshape(C, p.successors)
     succ_p = _decreasing(p.successors)
 
-    # sequence lengths: log-normal with the requested mean
-    mu = np.log(p.mean_len) - p.len_sigma**2 / 2
-    lengths = np.clip(np.rint(rng.lognormal(mu, p.len_sigma, p.n_users)), p.min_len, p.max_len).astype(
-        np.int64
-    )
+    def step(cur: np.ndarray) -> np.ndarray:
+        n = len(cur)
+        r = rng.random(n)
+        nxt = global_items(n)
+        s = r < p.p_successor
+        nxt[s] = succ[cur[s], rng.choice(p.successors, int(s.sum()), p=succ_p)]
+        c = (~s) & (r < p.p_successor + p.p_cluster)
+        nc = cnext[cluster_of[cur[c]], rng.choice(p.cluster_fanout, int(c.sum()), p=fan_p)]
+        nxt[c] = from_cluster(nc)
+        return nxt
+
+    step.first = global_items  # type: ignore[attr-defined]
+    return step
+
+
+def _walk(p: SyntheticParams, rng: np.random.Generator, lengths: np.ndarray, step: Any) -> tuple[np.ndarray, ...]:
+    """Every user's sequence, all users one step at a time -> (items, timestamps), CSR order."""
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     order = np.argsort(-lengths, kind="stable")  # users active at step t are a prefix of `order`
     # number of users with length > t, for t = 0..max-1 (lengths[order] is descending)
     n_active = np.searchsorted(-lengths[order], -np.arange(lengths.max()), side="left")
-
     items = np.empty(offsets[-1], dtype=np.int64)
     times = np.empty(offsets[-1], dtype=np.int64)
-    prev = global_items(p.n_users)
+    prev = step.first(p.n_users)
     t = rng.integers(946_684_800, 946_684_800 + 3 * 365 * 86_400, p.n_users)  # starts spread over 3 years
     pos0 = offsets[order]
-    for step in range(int(lengths.max())):
-        n = int(n_active[step])
-        if step > 0:
-            cur = prev[:n]
-            r = rng.random(n)
-            nxt = global_items(n)
-            s = r < p.p_successor
-            nxt[s] = succ[cur[s], rng.choice(p.successors, int(s.sum()), p=succ_p)]
-            c = (~s) & (r < p.p_successor + p.p_cluster)
-            nc = cnext[cluster_of[cur[c]], rng.choice(p.cluster_fanout, int(c.sum()), p=fan_p)]
-            nxt[c] = from_cluster(nc)
-            prev = nxt
+    for i in range(int(lengths.max())):
+        n = int(n_active[i])
+        if i > 0:
+            prev = step(prev[:n])
             t = t[:n] + rng.exponential(86_400.0, n).astype(np.int64) + 1  # gaps ~ 1 day, strictly increasing
         else:
             prev, t = prev[order], t[order]
-        items[pos0[:n] + step] = prev
-        times[pos0[:n] + step] = t
-
-    users = np.repeat(np.arange(p.n_users, dtype=np.int64), lengths)
-    if p.dedup:
-        key = users * (C + 1) + items
-        _, first = np.unique(key, return_index=True)
-        keep = np.zeros(len(key), dtype=bool)
-        keep[first] = True
-        users, items, times = users[keep], items[keep], times[keep]
-    raw_item = rng.permutation(C).astype(np.int64) + 1  # raw ids carry no cluster information
-    return pl.DataFrame({"user": users + 1, "item": raw_item[items], "timestamp": times})
+        items[pos0[:n] + i] = prev
+        times[pos0[:n] + i] = t
+    return items, times
 
 
 def _decreasing(n: int) -> np.ndarray:

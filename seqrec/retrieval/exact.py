@@ -57,25 +57,8 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
     ``memory_budget_mb`` bounds the score block (query batch × catalog chunk, float32) in MiB;
     ``chunk_size``: catalog items per chunk (None: min(C, 32768)).
     """
-    n_items = emb.shape[0]
     m = queries.shape[0]
-    ids_map = None  # catalog id of each row of ``emb`` when an allow-list restricts it
-    deny = np.zeros(0, np.int64)
-    excl_rows = excl_cols = None
-    if filters is not None:
-        if filters.allowed is not None:
-            ids_map = filters.allowed
-            emb = emb[torch.from_numpy(ids_map).to(emb.device)]
-        deny = filters.deny
-        if filters.items is not None and len(filters.items):
-            excl_rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(filters.offsets))
-            excl_cols = filters.items
-            if ids_map is not None:  # catalog id -> row of the restricted matrix (-1: not allowed)
-                pos = np.full(n_items, -1, dtype=np.int64)
-                pos[ids_map] = np.arange(len(ids_map))
-                excl_cols = pos[excl_cols]
-                keep = excl_cols >= 0
-                excl_rows, excl_cols = excl_rows[keep], excl_cols[keep]
+    emb, ids_map, deny, excl_rows, excl_cols = _restrict(emb, filters, m)
     c = emb.shape[0]
     out_s = np.full((m, k), NEG_INF, dtype=np.float32)
     out_i = np.full((m, k), -1, dtype=np.int64)
@@ -93,7 +76,6 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
     buf = torch.empty(min(qbatch, m) * min(chunk, c), dtype=torch.float32, device=dev)
     for q0 in range(0, m, qbatch):
         q1 = min(m, q0 + qbatch)
-        qb = queries[q0:q1]
         pairs = None
         if excl_rows is not None and len(excl_rows):
             sel = (excl_rows >= q0) & (excl_rows < q1)
@@ -101,27 +83,7 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
             if len(pr):
                 row_starts = np.searchsorted(pc, np.arange(0, c + chunk, chunk))
                 pairs = (torch.from_numpy(pr).to(dev), torch.from_numpy(pc).to(dev), row_starts)
-        best_v = best_i = None
-        for j, c0 in enumerate(range(0, c, chunk)):
-            c1 = min(c, c0 + chunk)
-            s = buf[: (q1 - q0) * (c1 - c0)].view(q1 - q0, c1 - c0)
-            torch.mm(qb, emb[c0:c1].T, out=s)
-            if len(deny_t):
-                d = deny_t[(deny_t >= c0) & (deny_t < c1)]
-                if len(d):
-                    s[:, d - c0] = NEG_INF
-            if pairs is not None:
-                a, b = pairs[2][j], pairs[2][j + 1]
-                if b > a:
-                    s[pairs[0][a:b], pairs[1][a:b] - c0] = NEG_INF
-            v, i = _block_topk(s, kk)
-            i = i + c0
-            if best_v is None:
-                best_v, best_i = v, i
-            else:  # earlier chunks hold lower ids: a stable sort by score keeps (score desc, id asc)
-                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
-                o = v.argsort(dim=1, descending=True, stable=True)[:, :kk]
-                best_v, best_i = v.gather(1, o), i.gather(1, o)
+        best_v, best_i = _scan_chunks(queries[q0:q1], emb, kk, chunk, deny_t, pairs, buf)
         bv = best_v.cpu().numpy()
         bi = best_i.cpu().numpy()
         if ids_map is not None:
@@ -131,6 +93,58 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
         out_i[q0:q1, : bi.shape[1]] = bi
     out_s[out_i < 0] = NEG_INF
     return out_s, out_i
+
+
+def _restrict(emb: torch.Tensor, filters: Filters | None, m: int) -> tuple[Any, ...]:
+    """(rows of ``emb`` allowed, their catalog ids or None, denied ids, excluded (row, column) pairs
+    as two arrays or None) for ``m`` query rows; columns index the restricted matrix."""
+    n_items = emb.shape[0]
+    ids_map = None  # catalog id of each row of ``emb`` when an allow-list restricts it
+    deny = np.zeros(0, np.int64)
+    excl_rows = excl_cols = None
+    if filters is not None:
+        if filters.allowed is not None:
+            ids_map = filters.allowed
+            emb = emb[torch.from_numpy(ids_map).to(emb.device)]
+        deny = filters.deny
+        if filters.items is not None and len(filters.items):
+            excl_rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(filters.offsets))
+            excl_cols = filters.items
+            if ids_map is not None:  # catalog id -> row of the restricted matrix (-1: not allowed)
+                pos = np.full(n_items, -1, dtype=np.int64)
+                pos[ids_map] = np.arange(len(ids_map))
+                excl_cols = pos[excl_cols]
+                keep = excl_cols >= 0
+                excl_rows, excl_cols = excl_rows[keep], excl_cols[keep]
+    return emb, ids_map, deny, excl_rows, excl_cols
+
+
+def _scan_chunks(qb: torch.Tensor, emb: torch.Tensor, kk: int, chunk: int, deny_t: torch.Tensor,
+                 pairs: tuple | None, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``kk`` of one query batch [b, d] over the catalog, ``chunk`` items at a time in ``buf``."""
+    c = emb.shape[0]
+    best_v = best_i = None
+    for j, c0 in enumerate(range(0, c, chunk)):
+        c1 = min(c, c0 + chunk)
+        s = buf[: qb.shape[0] * (c1 - c0)].view(qb.shape[0], c1 - c0)
+        torch.mm(qb, emb[c0:c1].T, out=s)
+        if len(deny_t):
+            d = deny_t[(deny_t >= c0) & (deny_t < c1)]
+            if len(d):
+                s[:, d - c0] = NEG_INF
+        if pairs is not None:
+            a, b = pairs[2][j], pairs[2][j + 1]
+            if b > a:
+                s[pairs[0][a:b], pairs[1][a:b] - c0] = NEG_INF
+        v, i = _block_topk(s, kk)
+        i = i + c0
+        if best_v is None:
+            best_v, best_i = v, i
+        else:  # earlier chunks hold lower ids: a stable sort by score keeps (score desc, id asc)
+            v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+            o = v.argsort(dim=1, descending=True, stable=True)[:, :kk]
+            best_v, best_i = v.gather(1, o), i.gather(1, o)
+    return best_v, best_i
 
 
 def resolve_device(device: str) -> torch.device:
