@@ -68,8 +68,13 @@ def test_save_load_gives_identical_recommendations(fitted, tmp_path):
 
 
 def test_config_round_trip(fitted):
+    import yaml
+
     clone = SeqRec.from_config(fitted.get_config())
     assert clone.get_config() == fitted.get_config()
+    text = yaml.safe_dump(fitted.get_config(), sort_keys=False)  # what config.yaml holds
+    assert yaml.safe_dump(SeqRec.from_config(yaml.safe_load(text)).get_config(), sort_keys=False) == text
+    assert SeqRec.from_config(fitted.cfg_).get_config() == fitted.get_config()  # a typed Config too
     # a clone is a complete estimator: it fits and evaluates like the original
     assert clone.fit(log=lambda s: None).evaluate() == pytest.approx(fitted.evaluate())
 
@@ -108,3 +113,16 @@ def test_evaluate_with_approximate_backend_reports_its_recall(fitted):
     assert "retrieval_recall@50" not in exact  # exact search needs no approximation report
     flat = fitted.evaluate(retrieval="faiss-flat")
     assert flat["ndcg@10"] == pytest.approx(exact["ndcg@10"], abs=1e-9)
+
+
+def test_set_config_changes_evaluation_only(fitted):
+    from seqrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="only eval"):
+        fitted.set_config({"train.lr": 0.1})
+    before = fitted.get_config()
+    try:
+        assert fitted.set_config({"eval.ks": [10]}) is fitted and fitted.cfg_.eval.ks == [10]
+        assert set(fitted.evaluate()) >= {"ndcg@10"} and "ndcg@20" not in fitted.evaluate()
+    finally:
+        fitted.set_config({"eval.ks": before["eval"]["ks"]})
