@@ -203,6 +203,31 @@ def merge(base: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
 _SCI = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+def upgrade_saved(tree: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml written by an older seqrec, in today's key names. Only for saved runs: a run
+    directory must stay loadable and resumable, while a key a user types under an old name is refused."""
+    import copy
+
+    tree = copy.deepcopy(tree)
+    for old, new in RENAMED.items():
+        sec, key = old.split(".")
+        if isinstance(tree.get(sec), dict) and key in tree[sec]:
+            tree[sec][new.split(".")[1]] = tree[sec].pop(key)
+    named = [(tree.get("model"), MODELS), (tree.get("loss"), LOSSES)]
+    ev = tree.get("eval")
+    if isinstance(ev, dict) and isinstance(ev.get("retrieval_params"), dict):
+        named.append(({"name": ev.get("retrieval", "torch"), **ev["retrieval_params"]}, RETRIEVERS))
+    for section, registry in named:
+        if not isinstance(section, dict) or section.get("name") not in registry:
+            continue
+        for old, new in getattr(registry.get(section["name"]), "renamed", {}).items():
+            if old in section:
+                section[new] = section.pop(old)
+        if registry is RETRIEVERS:
+            ev["retrieval_params"] = {k: v for k, v in section.items() if k != "name"}
+    return tree
+
+
 def _fix_numbers(x: Any, depth: int = 0) -> Any:
     """YAML 1.1 reads ``1e-3`` (no dot) as a string; every such string is meant as a number."""
     if depth > 50:  # a recursive YAML alias (``a: &x [*x]``) would recurse forever

@@ -105,9 +105,10 @@ class RunDir:
         return (self.data / "meta.json").exists()
 
     def read_config(self) -> dict[str, Any]:
-        from seqrec.config import read_yaml
+        """The run's config tree (keys renamed since it was written are read under their new names)."""
+        from seqrec.config import read_yaml, upgrade_saved
 
-        return read_yaml(self.config)
+        return upgrade_saved(read_yaml(self.config))
 
     def write_config(self, tree: dict[str, Any]) -> None:
         write_text(self.config, yaml.safe_dump(tree, sort_keys=False))

@@ -133,3 +133,19 @@ def test_yaml_round_trip_is_identical_for_every_packaged_config():
         text = yaml.safe_dump(load_config(name).to_dict(), sort_keys=False)
         again = yaml.safe_dump(Config.from_tree(yaml.safe_load(text)).to_dict(), sort_keys=False)
         assert again == text
+
+
+def test_saved_runs_with_old_key_names_still_load(tmp_path):
+    from seqrec.rundir import RunDir
+
+    old = load_config(None, ["model.name=gru4rec"]).to_dict()
+    old["train"]["max_time"] = old["train"].pop("max_time_s")
+    old["model"]["n_layers"] = 2
+    old["eval"]["retrieval_params"] = {"block_mb": 8}
+    run = RunDir(tmp_path)
+    run.config.write_text(yaml.safe_dump(old))
+    cfg = Config.from_tree(run.read_config())  # a run directory is upgraded; typed keys are not
+    assert cfg.train.max_time_s is None and cfg.model.n_blocks == 2
+    assert cfg.eval.retrieval_params == {"memory_budget_mb": 8}
+    with pytest.raises(ConfigError, match="renamed"):
+        Config.from_tree(old)
