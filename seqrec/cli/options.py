@@ -38,7 +38,9 @@ def overrides(sets: tuple[str, ...], allowed: tuple[str, ...] = ()) -> dict[str,
     out = dict(parse_override(s) for s in sets)
     bad = [k for k in out if allowed and not k.startswith(allowed)]
     if bad:
-        raise ConfigError(f"--set {bad[0]}: this command only takes {' / '.join(a + '*' for a in allowed)} keys")
+        hint = f" (a retrieval parameter is eval.retrieval_params.{bad[0]}=...)" if "." not in bad[0] else ""
+        raise ConfigError(f"--set {bad[0]}: this command only takes {' / '.join(a + '*' for a in allowed)} "
+                          f"keys{hint}")
     return out
 
 
