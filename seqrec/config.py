@@ -47,6 +47,7 @@ class DataConfig(_Section):
     data_dir: str | None = None  # where named datasets live (env SEQREC_DATA, else a user cache dir)
     format: str | None = None    # reader for a file path (see `seqrec data --help`)
     split: Literal["leave_one_out", "global_temporal"] | None = None  # None: the card's default
+    strict: Bool = False         # data warnings (dropped rows, suspicious values) become errors
     # card preprocessing overrides (min_rating, dedup, min_user, min_item), reader options
     # (user_col, item_col, time_col, sep), synthetic generator params
     options: dict[str, Any] = {}

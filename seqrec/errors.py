@@ -16,3 +16,16 @@ class DataError(SeqrecError):
 
 class ConfigError(SeqrecError):
     """A configuration key or value is invalid."""
+
+
+class SeqrecWarning(UserWarning):
+    """A documented fallback was taken (e.g. popularity for an empty history): the result is
+    usable, and the message says what was done and how often. The CLI prints ``warning: …`` on one
+    line; ``--strict`` (where a command has it) turns data warnings into errors."""
+
+
+def warn(message: str) -> None:
+    """Issue a one-line ``SeqrecWarning`` attributed to the caller's caller."""
+    import warnings
+
+    warnings.warn(SeqrecWarning(str(message).replace("\n", " ")), stacklevel=3)

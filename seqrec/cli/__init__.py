@@ -57,9 +57,17 @@ def one_line(text: str) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else ""
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"warning: {one_line(str(message))}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from seqrec.errors import SeqrecError
 
+    warnings.formatwarning = _one_line_warning  # a warning is one line on stderr, like an error
     try:
         from seqrec.registry import load_plugins
 
