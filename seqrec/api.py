@@ -112,12 +112,13 @@ class SeqRec:
 
     # ------------------------------------------------------------ fit
     def fit(self, data: Any = None, run_dir: str | os.PathLike | None = None, resume: bool = False,
-            log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> SeqRec:
+            log: Callable[[str], None] = print, callbacks: Sequence[Any] = (), force: bool = False) -> SeqRec:
         """Train on ``data`` (dataset name, file path, prepared dir, DataFrame or PreparedData; default
         ``data.dataset``). With ``run_dir`` the run is checkpointed there (see ``seqrec.rundir``) and
-        can be resumed with ``resume=True``. ``callbacks``: extra ``seqrec.training.Callback``s."""
+        can be resumed with ``resume=True``. ``callbacks``: extra ``seqrec.training.Callback``s.
+        A step predicted not to fit the free memory is refused before training unless ``force``."""
         from seqrec.registry import LOSSES
-        from seqrec.training import Trainer, seed_everything
+        from seqrec.training import ResumeNote, Trainer, seed_everything
 
         run = RunDir(run_dir) if run_dir is not None else None
         with run.lock() if run is not None else contextlib.nullcontext():
@@ -132,11 +133,14 @@ class SeqRec:
             self.cfg_ = Config.from_tree({**self.get_config(),  # every model parameter, defaults too
                                           "model": {"name": self.cfg_.model.name, **self.model_.get_params()}})
             if run is not None:
+                if resume and run.is_run():  # what the resume changes goes to the log and metrics.jsonl
+                    callbacks = [*callbacks, *ResumeNote.between(run.read_config(), self.get_config())]
                 run.write_config(self.get_config())
                 if not (resume and run.has_data()):
                     self._save_data(run)
             loss = LOSSES.build(self.cfg_.loss.name, **self.cfg_.loss.params)
-            trainer = Trainer(self.cfg_, self.model_, loss, self.data_, run, log=log, callbacks=list(callbacks))
+            trainer = Trainer(self.cfg_, self.model_, loss, self.data_, run, log=log, callbacks=list(callbacks),
+                              force=force)
             self.fit_info_ = trainer.fit(resume=resume)
             self.model_.cpu().eval()
             if run is not None:

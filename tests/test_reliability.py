@@ -195,7 +195,7 @@ def test_resume_of_a_directory_without_config_is_refused(tmp_path):
     one_line_error(rc, err, "no config.yaml")
 
 
-@pytest.mark.parametrize("extra", [["--model", "bert4rec"], ["--loss", "sce"], ["--set", "train.lr=0.1"],
+@pytest.mark.parametrize("extra", [["--model", "bert4rec"], ["--loss", "sce"], ["--set", "train.batch_size=8"],
                                    ["--config", "default"], ["--dataset", "synthetic"], ["--out", "elsewhere"],
                                    ["--format", "csv"], ["--overwrite"]])
 def test_resume_combined_with_other_options_is_refused(finished, extra):
@@ -310,6 +310,33 @@ def test_non_finite_gradient_stops_naming_the_gradient():
 def test_huge_learning_rate_stops_with_a_non_finite_message():
     with pytest.raises(SeqrecError, match=r"non-finite .* at epoch \d+ step \d+.*lower train.lr"):
         SeqRec(overrides={**OVER, "train.lr": 1e30}).fit(**QUIET)
+
+
+def test_resume_after_a_nan_stop_takes_a_lower_lr_and_records_it(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(SeqrecError, match="lower train.lr"):
+        SeqRec(overrides=OVER).fit(run_dir=run, **with_callbacks(PoisonLoss({5}, float("nan"))), **QUIET)
+
+    class LrProbe(Callback):
+        seen: list = []
+
+        def on_step_end(self, trainer, state, loss):
+            self.seen.append(trainer.optimizer.param_groups[0]["lr"])
+
+    import yaml
+
+    old = yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"]
+    rec = SeqRec(config=str(run / "config.yaml"), overrides={"train.lr": 5e-4, "train.grad_clip": 1.0})
+    logs: list[str] = []
+    rec.fit(run_dir=run, resume=True, callbacks=[LrProbe()], log=logs.append)
+    assert LrProbe.seen and set(LrProbe.seen) == {5e-4}  # the checkpoint's optimiser state kept its moments, not its lr
+    change = f"train.lr {old} -> 0.0005, train.grad_clip None -> 1.0"
+    assert any(f"resumed with {change}" in m for m in logs), logs
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("resumed_with") for r in records].count(change) == 1
+    assert "lr: 0.0005" in (run / "config.yaml").read_text()
+    rc, _, err = cli("fit", "--resume", run, "--set", "train.seed=3")
+    one_line_error(rc, err, "train.seed cannot change when a run is resumed (the checkpoint was computed with it")
 
 
 def test_nan_policy_skip_skips_up_to_the_limit_then_stops():

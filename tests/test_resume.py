@@ -144,6 +144,6 @@ def test_resume_with_a_larger_budget_extends_a_finished_run(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-400:]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
-    r = subprocess.run([sys.executable, "-m", "seqrec.cli", "fit", "--resume", str(run), "--set", "train.lr=1"],
+    r = subprocess.run([sys.executable, "-m", "seqrec.cli", "fit", "--resume", str(run), "--set", "train.seed=1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "only --device" in r.stderr

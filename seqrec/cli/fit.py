@@ -12,9 +12,11 @@ import click
 from seqrec.cli.options import overrides, plugin_option, set_option
 from seqrec.errors import SeqrecError
 
-# what may change when a run is resumed: its budget and where it runs, never what it computes
+# what may change when a run is resumed: what it has computed so far stays valid (budgets, where it
+# runs, and the step's rate and guards: after a NaN stop a lower lr, clipping or the skip policy)
 RESUME_KEYS = ("train.epochs", "train.max_time_s", "train.patience", "train.num_threads",
-               "train.checkpoint_every_s", "train.checkpoint_every_steps", "train.device")
+               "train.checkpoint_every_s", "train.checkpoint_every_steps", "train.device", "train.lr",
+               "train.grad_clip", "train.nan_policy", "train.max_nan_skips")
 
 
 def metrics_table(rows: dict[str, dict[str, float]], ks: list[int]) -> str:
@@ -47,8 +49,9 @@ def _help_names(kind: str) -> str:
 @click.option("--resume", "resume", default=None, type=click.Path(), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--baseline/--no-baseline", default=True, help="Also report the most-popular baseline.")
+@click.option("--force", is_flag=True, help="Train even if one step is predicted not to fit the free memory.")
 @plugin_option
-def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, baseline) -> int:
+def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, baseline, force) -> int:
     """Train a model, evaluate it on validation and test, and save the run.
 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
@@ -68,7 +71,7 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
             return 0
         preflight(cfg, check_data=False)
         with run.lock():
-            return _train(cfg, run, True, baseline)
+            return _train(cfg, run, True, baseline, force)
     from seqrec.config import Config, load_tree
     from seqrec.data import check_spec
 
@@ -80,7 +83,7 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     run = RunDir(out or Path("runs") / (f"{cfg.model.name}-{cfg.loss.name}-{Path(cfg.data.dataset).stem}-"
                                         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     with run.create(overwrite):
-        return _train(cfg, run, False, baseline)
+        return _train(cfg, run, False, baseline, force)
 
 
 def preflight(cfg: Any, check_data: bool = True) -> None:
@@ -102,7 +105,8 @@ def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
         raise SeqrecError(f"--resume {run.path}: no config.yaml there (not a seqrec run directory)")
     bad = [k for k in ov if k not in RESUME_KEYS]
     if bad:
-        raise SeqrecError(f"--resume: {bad[0]} cannot change when a run is resumed; only --device and --set "
+        raise SeqrecError(f"--resume: {bad[0]} cannot change when a run is resumed (the checkpoint was computed "
+                          f"with it; start a new run instead); only --device and --set "
                           f"{'/'.join(k for k in RESUME_KEYS if k != 'train.device')} may change")
     if run.results.exists() and not any(k != "train.device" for k in ov):
         click.echo(f"run {run.path} is already finished (extend it with --set train.epochs=... or "
@@ -113,13 +117,13 @@ def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
     return cfg.with_overrides(ov) if ov else cfg
 
 
-def _train(cfg: Any, run: Any, resume: bool, baseline: bool) -> int:
+def _train(cfg: Any, run: Any, resume: bool, baseline: bool, force: bool) -> int:
     from seqrec.api import SeqRec
     from seqrec.training import TrainingInterrupted
 
     rec = SeqRec(config=cfg)
     try:  # with a run directory the trainer turns SIGINT/SIGTERM into a checkpoint and TrainingInterrupted
-        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True))
+        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True), force=force)
     except TrainingInterrupted as e:
         click.echo(f"interrupted: checkpoint saved in {run.checkpoints}; resume with: seqrec fit --resume "
                    f"{run.path}", err=True)

@@ -6,6 +6,7 @@ from seqrec.training.callbacks import (
     EarlyStopping,
     MetricsLog,
     ProgressBar,
+    ResumeNote,
     SignalStop,
     TimeBudget,
     TrainingInterrupted,
@@ -15,6 +16,6 @@ from seqrec.training.state import Stop, StopReason, TrainState
 from seqrec.training.system import resolve_device, seed_everything
 from seqrec.training.trainer import Trainer
 
-__all__ = ["Callback", "Checkpointing", "EarlyStopping", "MetricsLog", "ProgressBar", "SignalStop", "Stop",
-           "StopReason", "TimeBudget", "TrainState", "Trainer", "TrainingInterrupted", "load_model", "resolve_device",
-           "save_model", "seed_everything"]
+__all__ = ["Callback", "Checkpointing", "EarlyStopping", "MetricsLog", "ProgressBar", "ResumeNote", "SignalStop",
+           "Stop", "StopReason", "TimeBudget", "TrainState", "Trainer", "TrainingInterrupted", "load_model",
+           "resolve_device", "save_model", "seed_everything"]

@@ -249,3 +249,25 @@ def default_callbacks(t: Any, run: RunDir | None) -> list[Callback]:
     if run is not None:
         callbacks += [Checkpointing(t.checkpoint_every_s, t.checkpoint_every_steps), SignalStop()]
     return callbacks
+
+
+class ResumeNote(Callback):
+    """Says what a resume changed (``"train.lr 0.001 -> 0.0005"``): in the log when training starts
+    and as ``resumed_with`` in the next epoch's metrics.jsonl record."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    @classmethod
+    def between(cls, saved: dict[str, Any], now: dict[str, Any]) -> list[ResumeNote]:
+        """[ResumeNote] naming the train.* settings that differ between two config trees, or []."""
+        old, new = saved.get("train") or {}, now["train"]
+        diff = [f"train.{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+        return [cls(", ".join(diff))] if diff else []
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        trainer.log(f"resumed with {self.text}")
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, record: dict[str, Any]) -> None:
+        if self.text:
+            record["resumed_with"], self.text = self.text, ""

@@ -87,6 +87,8 @@ def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
     trainer.model.load_state_dict(ck["model"])
     if trainer.optimizer and ck["optimizer"]:
         trainer.optimizer.load_state_dict(ck["optimizer"])
+        for group in trainer.optimizer.param_groups:  # a resume may lower the learning rate (after a NaN stop)
+            group["lr"] = trainer.cfg.train.lr
     r = ck["rng"]
     set_global_rng_state(r)
     trainer.rng.bit_generator.state = json.loads(r["numpy"])

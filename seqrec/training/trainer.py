@@ -27,6 +27,7 @@ from seqrec.rundir import RunDir
 from seqrec.training.batches import causal_batch, epoch_order, history_csr, make_windows, masked_batch
 from seqrec.training.callbacks import Callback, TrainingInterrupted, default_callbacks
 from seqrec.training.checkpoint import save_checkpoint
+from seqrec.training.memory import check_fits
 from seqrec.training.state import TrainState, capture, load_resume, restore
 from seqrec.training.system import autocast, peak_rss_mb, resolve_device, seed_everything, trim_heap
 
@@ -54,12 +55,13 @@ class Trainer:
     """Trains ``model`` with ``loss`` on ``data`` as ``cfg.train`` says; checkpoints into ``run``.
 
     ``callbacks`` run before the built-ins (``callbacks.default_callbacks``); see ``callbacks.py``.
+    ``force``: train even where the predicted step does not fit the free memory (``memory.check_fits``).
     """
 
     def __init__(self, cfg: Any, model: torch.nn.Module, loss: Loss, data: PreparedData,
                  run: RunDir | None = None, log: Callable[[str], None] = print,
-                 callbacks: Sequence[Callback] = ()) -> None:
-        self.cfg, self.model, self.loss, self.data, self.log = cfg, model, loss, data, log
+                 callbacks: Sequence[Callback] = (), force: bool = False) -> None:
+        self.cfg, self.model, self.loss, self.data, self.log, self.force = cfg, model, loss, data, log, force
         self.run = RunDir(run) if run is not None else None
         self.device = resolve_device(cfg.train.device)
         self.fingerprint = data.meta.get("fingerprint", "")
@@ -160,7 +162,12 @@ class Trainer:
         self.windows = make_windows(self.data.train, span, t.window_stride, min_len=2 if model.causal else 1)
         if len(self.windows) == 0:
             raise SeqrecError("no training sequence has enough items (need at least 2 per user)")
-        self.batch_size = int(t.batch_size)
+        self.batch_size = min(int(t.batch_size), len(self.windows))
+        if self.batch_size < t.batch_size:
+            self.log(f"note: train.batch_size={t.batch_size} is more than the {len(self.windows)} training "
+                     f"sequences: batches of {self.batch_size}")
+        if not self.force:
+            check_fits(self.cfg, model, self.batch_size, self.data.n_items, self.device)
         self.n_batches = math.ceil(len(self.windows) / self.batch_size)
         # With length grouping a batch's token count varies a lot; scaling each batch's mean loss by
         # tokens / mean tokens keeps every target's weight in the epoch's gradient as in random batches.
