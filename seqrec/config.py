@@ -19,7 +19,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from seqrec.errors import ConfigError
+from seqrec.errors import ConfigError, shorten
 from seqrec.registry import LOSSES, MODELS, RETRIEVERS, describe_error, did_you_mean
 
 PosInt = Annotated[int, Field(strict=True, gt=0)]
@@ -289,7 +289,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: invalid YAML: {shorten(e)}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):

@@ -29,3 +29,11 @@ def warn(message: str) -> None:
     import warnings
 
     warnings.warn(SeqrecWarning(str(message).replace("\n", " ")), stacklevel=3)
+
+
+def shorten(text: object, width: int = 200) -> str:
+    """``text`` on one line, at most ``width`` characters, cut at a word boundary (`` …`` marks a cut):
+    foreign error messages quoted in ours are never cut mid-word."""
+    import textwrap
+
+    return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder=" …")

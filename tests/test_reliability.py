@@ -622,3 +622,31 @@ def test_trim_heap_returns_freed_pages_to_the_os(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "True"
     assert float(out[1]) > 100  # MB handed back of the ~270 MB freed
+
+
+# ------------------------------------------------------------------ memory before training
+def test_a_step_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch):
+    from seqrec.training import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (2**20, "available RAM"))
+    rc, _, err = cli("fit", "--out", tmp_path / "r", *FAST, "--set", "train.batch_size=100000000")
+    one_line_error(rc, err, "one training step needs about", "but only 1.0 MB of available RAM is free",
+                   "train.batch_size=", "--loss ce_chunked", "--force")
+    assert "is more than the" in err  # the batch was clamped to the training sequences first, with a note
+    assert not (tmp_path / "r").exists()
+    rc, _, err = cli("fit", "--out", tmp_path / "r", *FAST, "--force")
+    assert rc == 0, err
+
+
+def test_the_memory_model_covers_the_default_transformers():
+    import torch
+
+    from seqrec.config import load_config
+    from seqrec.registry import MODELS
+    from seqrec.training.memory import available_bytes, predicted_step
+
+    cfg = load_config("sasrec-ml-1m-ce")
+    model = MODELS.build("sasrec", 3416, **cfg.model.params)
+    small, big = predicted_step(cfg, model, 128, 3416), predicted_step(cfg, model, 6040, 3416)
+    assert 0 < small < 4 * 2**30 < big  # 128 x 200 fits a laptop; the whole of ML-1M in one CE batch does not
+    assert available_bytes(torch.device("cpu")) is None or available_bytes(torch.device("cpu"))[0] > 0

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from seqrec.errors import shorten
+
 # glibc keeps freed blocks below its (dynamic, up to 32 MiB) mmap threshold in the heap, so two
 # same-size buffers that are never live together can both show in the RSS high-water mark. A fixed
 # 1 MiB threshold returns every large block to the OS on free: the peak RSS then tracks the peak of
@@ -58,7 +60,7 @@ def _run_case(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         if proc.returncode < 0:
             err = f"killed by signal {-proc.returncode} (out of memory?)"
-        return {"status": "failed", "note": err[:200]}
+        return {"status": "failed", "note": shorten(err)}
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
     rec["net_mb"] = round(rec["peak_mb"] - rec["baseline_mb"], 1)
     if "cuda_peak_mb" in rec:  # on CUDA the loss's memory is the device's, net of what was there before

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from seqrec.errors import ConfigError
+from seqrec.errors import ConfigError, shorten
 
 COLUMNS = ["loss", "dataset", "seed", "status", "ndcg@10", "hr@10", "x_ce", "x_ce_lo", "x_ce_hi", "p_vs_ce",
            "peak_mb", "epoch_s", "best_epoch", "epochs", "wall_s", "note"]
@@ -120,7 +120,7 @@ def run_all(out: Path, dataset: str, losses: list[str], seeds: list[int], data_d
                 rc, output = run_process(cmd, timeout_s, run_dir.parent / f"{name}-seed{seed}.log")
                 if rc != 0 or not (run_dir / "results.json").exists():
                     tail = [s for s in output.strip().splitlines() if s.strip()][-1:] or [f"exit code {rc}"]
-                    rec.update(status="failed", note=tail[0][:200])
+                    rec.update(status="failed", note=shorten(tail[0]))
                     log(f"{name} seed {seed}: failed ({rec['note']}); log in {run_dir.parent}")
                     records.append(rec)
                     continue
@@ -145,7 +145,7 @@ def paired_with_ce(records: list[dict[str, Any]], resamples: int = 2000) -> None
                                                         metrics=("ndcg@10",), resamples=resamples).to_dicts()
         except Exception as e:  # a comparison must not sink the table of finished runs
             for r in others:
-                r["note"] = (r["note"] + f"; no ce comparison ({str(e).splitlines()[0][:80]})").lstrip("; ")
+                r["note"] = (r["note"] + f"; no ce comparison ({shorten(e, 80)})").lstrip("; ")
             continue
         for r, c in zip(others, rows, strict=True):
             r.update(x_ce=c["ratio"], x_ce_lo=c["ratio_lo"], x_ce_hi=c["ratio_hi"], p_vs_ce=c["p_value"])

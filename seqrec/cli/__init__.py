@@ -53,8 +53,10 @@ def cli() -> None:
 
 
 def one_line(text: str) -> str:
-    """The first line of ``text`` (error messages stay one line, never cut mid-word)."""
-    return str(text).strip().splitlines()[0] if str(text).strip() else ""
+    """``text`` as one line (lines joined; a very long one cut at a word boundary, never mid-word)."""
+    from seqrec.errors import shorten
+
+    return shorten(text, 1000)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

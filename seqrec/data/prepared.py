@@ -22,7 +22,7 @@ import polars as pl
 from seqrec.data.preprocess import Interactions
 from seqrec.data.split import HOLD, ROLE_NAMES, TEST, TRAIN, VALID, build_prepared, fingerprint
 from seqrec.data.store import PreparedData
-from seqrec.errors import DataError
+from seqrec.errors import DataError, shorten
 from seqrec.io import atomic_path, temp_dir_next_to, write_json
 
 FORMAT_VERSION = 1
@@ -112,7 +112,7 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         item_ids = pl.read_parquet(d / "items.parquet").get_column("raw").to_numpy()
     except (OSError, ValueError, pl.exceptions.PolarsError) as e:
         raise DataError(
-            f"{d}: unreadable prepared directory ({str(e).splitlines()[0] if str(e) else e})"
+            f"{d}: unreadable prepared directory ({shorten(e) or type(e).__name__})"
         ) from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(

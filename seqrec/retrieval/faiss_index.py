@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seqrec.errors import ConfigError, DataError, SeqrecError
+from seqrec.errors import ConfigError, DataError, SeqrecError, shorten
 from seqrec.io import atomic_path
 from seqrec.retrieval.base import Filters, Retriever, sort_rows
 from seqrec.retrieval.exact import exact_topk
@@ -188,7 +188,7 @@ class FaissRetriever(Retriever):
         try:
             index = self._faiss.read_index(str(path))
         except RuntimeError as e:
-            raise DataError(f"{path}: cannot read the faiss index ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{path}: cannot read the faiss index ({shorten(e)})") from None
         if index.ntotal != self.n_items or index.d != self.dim:
             raise DataError(f"{path}: index holds {index.ntotal} x {index.d}, metadata says "
                             f"{self.n_items} x {self.dim}")
