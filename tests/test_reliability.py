@@ -650,3 +650,18 @@ def test_the_memory_model_covers_the_default_transformers():
     small, big = predicted_step(cfg, model, 128, 3416), predicted_step(cfg, model, 6040, 3416)
     assert 0 < small < 4 * 2**30 < big  # 128 x 200 fits a laptop; the whole of ML-1M in one CE batch does not
     assert available_bytes(torch.device("cpu")) is None or available_bytes(torch.device("cpu"))[0] > 0
+
+
+def test_quoted_error_text_is_never_cut_mid_word(tmp_path):
+    from seqrec.errors import shorten
+
+    torch_text = ("Weights only load failed. This file can still be loaded, to do so you have two options, do those "
+                  "steps only if you trust the source of the checkpoint. there is a high\nlikelihood that "
+                  "the file was produced by an unsafe pickler " * 3)
+    short = shorten(torch_text, 160)
+    assert len(short) <= 160 and "\n" not in short and short.endswith(" …")
+    assert set(short[:-2].split()) <= set(torch_text.split())  # whole words only
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    rc, _, err = cli("fit", "--config", bad)
+    one_line_error(rc, err, "invalid YAML", "expected ',' or ']'")  # the parser's last line, not only its first
