@@ -8,29 +8,28 @@ from typing import Any
 import torch
 
 from seqrec.errors import SeqrecError
-from seqrec.io import atomic_path
-from seqrec.training.checkpoint import check_compatible, load_checkpoint
+from seqrec.training.checkpoint import brief, check_compatible, load_checkpoint, save_checkpoint
 
 
 def save_model(path: Path, model: torch.nn.Module, data: Any, name: str) -> None:
-    """Write ``model``'s state dict to ``path`` atomically, tagged with ``data``'s catalog and fingerprint."""
+    """Write ``model``'s state dict to ``path`` atomically with a checksum (``checkpoint.py``), tagged
+    with ``data``'s catalog and fingerprint."""
     from seqrec import __version__
 
     state = {"meta": {"version": __version__, "fingerprint": data.meta.get("fingerprint", ""),
                       "n_items": data.n_items, "model": name},
              "model": model.state_dict()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_checkpoint(state, path)
 
 
 def load_model(path: Path, model: torch.nn.Module, data: Any, config_path: Path) -> torch.nn.Module:
     """Load ``path`` into ``model`` (built from ``config_path``'s model section) -> the model in eval mode.
-    Refuses weights trained on other data or for another architecture (one line)."""
+    Refuses a damaged file, weights trained on other data or for another architecture (one line)."""
     ck = load_checkpoint(path)
     check_compatible(ck, data.meta.get("fingerprint", ""), data.n_items, path)
     try:
         model.load_state_dict(ck["model"])
     except (RuntimeError, TypeError, AttributeError) as e:  # shapes/keys differ from config.yaml's model
-        msg = " ".join(str(e).split())[:200]
+        msg = brief(str(e), 200)
         raise SeqrecError(f"{path} does not fit the model in {config_path} ({msg})") from None
     return model.eval()
