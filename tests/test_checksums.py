@@ -16,7 +16,7 @@ from seqrec import SeqRec
 from seqrec.errors import SeqrecError
 from seqrec.rundir import RunDir
 from seqrec.training import Callback
-from seqrec.training.checkpoint import MAGIC, brief, load_checkpoint, save_checkpoint
+from seqrec.training.checkpoint import MAGIC, load_checkpoint, save_checkpoint
 from seqrec.training.state import load_resume
 
 REGION = 1024
@@ -124,14 +124,6 @@ def test_new_files_stay_readable_by_a_plain_torch_load(tmp_path):
     state = _state()
     save_checkpoint(state, path)
     assert torch.equal(torch.load(path, weights_only=True)["model"]["0.weight"], state["model"]["0.weight"])
-
-
-def test_brief_cuts_at_a_word_boundary():
-    text = "size mismatch for item_emb.weight: copying a param with shape torch.Size([41, 16]) " * 5
-    short = brief(text, 100)
-    assert short.endswith("…") and len(short) <= 101 and "\n" not in short
-    assert text.startswith(short[:-1]) and text[len(short) - 1] == " "
-    assert brief("one\nline  only") == "one line only"
 
 
 def test_load_resume_falls_back_to_prev_when_last_is_damaged(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, shorten
 from seqrec.io import atomic_path
 
 MAGIC = b"SEQRECv1"
@@ -59,7 +59,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         try:
             return torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for damaged files; all mean "unreadable"
-            msg = brief(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)
+            msg = shorten(e, 160) or type(e).__name__
             raise SeqrecError(f"checkpoint {path} is damaged or not a seqrec checkpoint ({msg})") from None
 
 
@@ -97,15 +97,6 @@ def _sha256(f: BinaryIO, n: int) -> bytes:
         h.update(buf[:got])
         n -= got
     return h.digest()
-
-
-def brief(text: str, limit: int = 160) -> str:
-    """``text`` on one line, at most about ``limit`` characters, cut at a word boundary with "…"."""
-    text = " ".join(str(text).split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
-    return cut.rstrip(" ,;:") + "…"
 
 
 def check_compatible(ckpt: dict[str, Any], fingerprint: str, n_items: int, path: Path) -> None:

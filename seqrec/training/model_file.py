@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from seqrec.errors import SeqrecError
-from seqrec.training.checkpoint import brief, check_compatible, load_checkpoint, save_checkpoint
+from seqrec.errors import SeqrecError, shorten
+from seqrec.training.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 
 
 def save_model(path: Path, model: torch.nn.Module, data: Any, name: str) -> None:
@@ -30,6 +30,6 @@ def load_model(path: Path, model: torch.nn.Module, data: Any, config_path: Path)
     try:
         model.load_state_dict(ck["model"])
     except (RuntimeError, TypeError, AttributeError) as e:  # shapes/keys differ from config.yaml's model
-        msg = brief(str(e), 200)
+        msg = shorten(e)
         raise SeqrecError(f"{path} does not fit the model in {config_path} ({msg})") from None
     return model.eval()
