@@ -239,7 +239,8 @@ class SeqRec:
 
         users: raw user ids known at training time (None: all users); ``unknown`` says what to do with
         the others: ``"error"`` (a SeqrecError naming them), ``"skip"`` (left out, with a warning) or
-        ``"popular"`` (the popularity fallback, with a warning). histories: new (or returning) users'
+        ``"popular"`` (the popularity fallback, with a warning; ids of another type than the catalog's
+        then make the user column text). histories: new (or returning) users'
         items in time order, as a mapping user -> [raw item ids] or a DataFrame with columns user, item
         (one row per interaction); items outside the trained catalog are ignored (with a warning).
         items: allow-list of raw item ids; exclude_items: deny-list.
