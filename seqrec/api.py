@@ -20,7 +20,7 @@ import polars as pl
 import torch
 
 from seqrec.config import Config, load_config, merge, set_dotted
-from seqrec.data.store import EvalSet, PreparedData, SequenceStore
+from seqrec.data.store import EvalSet, PreparedData
 from seqrec.errors import ConfigError, SeqrecError
 from seqrec.rundir import RunDir
 
@@ -235,50 +235,42 @@ class SeqRec:
                      "build_s": round(build_s, 3), "params": retriever.params}
 
     # ------------------------------------------------------------ recommend
-    def recommend(self, users: Any = None, k: int = 10, filter_seen: bool = True,
-                  histories: dict[Any, list] | None = None, items: Any = None, exclude_items: Any = None,
-                  retrieval: str | None = None, retrieval_params: dict | None = None) -> pl.DataFrame:
-        """Top-k items per user -> DataFrame(user, item, score, rank) with raw ids (rank 1 = best).
+    def recommend(self, users: Any = None, k: int = 10, filter_seen: bool = True, histories: Any = None,
+                  items: Any = None, exclude_items: Any = None, retrieval: str | None = None,
+                  retrieval_params: dict | None = None, unknown: str = "error") -> pl.DataFrame:
+        """Top-k items per user -> DataFrame(user, item, score, rank) with raw ids (rank 1 = best), users
+        in input order, each once (a repeated id is answered at its first position, with a warning).
 
-        users: raw user ids known at training time (None: all users). histories: a mapping from a
-        user (possibly unseen in training) to their item list (raw ids, time order); unknown items
-        are ignored. items: allow-list of raw item ids; exclude_items: deny-list.
+        users: raw user ids known at training time (None: all users); ``unknown`` says what to do with
+        the others: ``"error"`` (a SeqrecError naming them), ``"skip"`` (left out, with a warning) or
+        ``"popular"`` (the popularity fallback, with a warning; ids of another type than the catalog's
+        then make the user column text). histories: new (or returning) users'
+        items in time order, as a mapping user -> [raw item ids] or a DataFrame with columns user, item
+        (one row per interaction); items outside the trained catalog are ignored (with a warning).
+        items: allow-list of raw item ids; exclude_items: deny-list.
+
+        Scores are the model's inner products, except for the **popularity fallback**: a user whose
+        history is empty or holds no known item (or an unknown user with ``unknown="popular"``) gets
+        the most popular training items, score = the item's training interaction count
+        (``data_.item_pop``), allow/deny lists applied; a ``SeqrecWarning`` counts those users.
         """
         from seqrec.evaluation import user_vectors
+        from seqrec.queries import assemble, build_queries, popularity_topk
 
         self._check_fitted()
         if not isinstance(k, int | np.integer) or k < 1:
             raise SeqrecError(f"k must be a positive integer, got {k!r}")
-        store, user_col = self._query_users(users, histories)
-        queries = user_vectors(self.model_, store, self.model_.max_len, self.cfg_.eval.batch_size)
+        q = build_queries(self.data_, users, histories, unknown)
         kw = {key: self._catalog_ids(raw, key) for key, raw in (("allow", items), ("deny", exclude_items))
               if raw is not None}
-        exclude = (store.offsets, store.items - 1) if filter_seen else None
-        scores, ids = self._retriever(retrieval, retrieval_params).search(queries, int(k), exclude=exclude, **kw)
-        scores, ids = np.asarray(scores), np.asarray(ids)
-        m, kk = ids.shape
-        valid = ids >= 0
-        user_rep = np.repeat(np.arange(m), kk)[valid.ravel()]
-        return pl.DataFrame({
-            "user": user_col.gather(user_rep) if m else user_col,
-            "item": pl.Series("item", self.data_.item_ids[ids[valid] + 1]),
-            "score": scores[valid].astype(np.float32),
-            "rank": np.tile(np.arange(1, kk + 1), m)[valid.ravel()].astype(np.int32),
-        })
-
-    def _query_users(self, users: Any, histories: dict | None) -> tuple[SequenceStore, pl.Series]:
-        d = self.data_
-        if histories is not None:
-            if users is not None:
-                raise SeqrecError("pass either users or histories, not both")
-            user_raw = list(histories)
-            store = SequenceStore.from_lists([(d.catalog_ids(histories[u]) + 1).tolist() for u in user_raw])
-            return store, pl.Series("user", user_raw)
-        idx, missing = (np.arange(d.n_users), []) if users is None else d.user_rows(users)
-        if missing:
-            raise SeqrecError(f"{len(missing)} unknown user(s), e.g. {missing[0]!r}; pass new users "
-                              "with histories={user: [items...]}")
-        return d.full.subset(idx), pl.Series("user", d.user_ids[idx])
+        model_hits = None
+        if len(q.model_rows):  # an all-fallback batch needs no encoder pass and no index
+            queries = user_vectors(self.model_, q.store, self.model_.max_len, self.cfg_.eval.batch_size)
+            exclude = (q.store.offsets, q.store.items - 1) if filter_seen else None
+            model_hits = self._retriever(retrieval, retrieval_params).search(queries, int(k), exclude=exclude,
+                                                                             **kw)
+        return assemble(q, int(k), model_hits, popularity_topk(self.data_.item_pop, int(k), **kw),
+                        self.data_.item_ids)
 
     def _catalog_ids(self, raw: Any, what: str) -> np.ndarray:
         ids = self.data_.catalog_ids(raw)

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from seqrec import SeqRec
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, SeqrecWarning
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def test_recommend_shape_raw_ids_and_filter_seen(fitted):
 def test_recommend_histories_for_new_users_allow_and_deny(fitted):
     d = fitted.data_
     items = d.item_ids[1:].tolist()
-    recs = fitted.recommend(histories={"new": items[:3], "other": items[3:5] + ["unknown-item"]}, k=5)
+    with pytest.warns(SeqrecWarning, match="1 history item of 1 user not in the trained catalog: ignored"):
+        recs = fitted.recommend(histories={"new": items[:3], "other": items[3:5] + ["unknown-item"]}, k=5)
     assert set(recs["user"].to_list()) == {"new", "other"}
     assert not set(items[:3]) & set(recs.filter(pl.col("user") == "new")["item"].to_list())
     allow = items[10:14]
