@@ -10,7 +10,7 @@ import click
 
 from seqrec.cli.evaluate import EVAL_SET_HELP, load_for_eval
 from seqrec.cli.options import plugin_option, retrieval_option, set_option
-from seqrec.errors import SeqrecError, warn
+from seqrec.errors import SeqrecError, shorten, warn
 
 
 def _existing(path: str) -> Path:
@@ -27,7 +27,7 @@ def _read_frame(p: Path, what: str) -> Any:
     try:
         return pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=0)
     except Exception as e:  # polars raises several error types for unreadable files
-        raise SeqrecError(f"{p}: cannot read {what} ({str(e).splitlines()[0][:120]})") from None
+        raise SeqrecError(f"{p}: cannot read {what} ({shorten(e, 160)})") from None
 
 
 def _read_id_file(path: str, dtype_like: Any) -> list:
@@ -102,8 +102,9 @@ def _join(pairs: list[tuple[str, Any]], repeated: list) -> dict:
 @click.option("--users", "users_file", default=None, help="File of raw user ids (one per line, or .parquet).")
 @click.option("--all", "all_users", is_flag=True, help="Recommend for every user known at training time.")
 @click.option("--histories", default=None, help="New users' histories: CSV/Parquet (user,item rows) or JSON.")
-@click.option("--unknown", type=click.Choice(["error", "skip", "popular"]), default="error", show_default=True,
-              help="--users ids not known at training time: fail, leave them out, or recommend by popularity.")
+@click.option("--unknown", type=click.Choice(["error", "skip", "popular"]), default=None,
+              help="--users ids not known at training time: fail (default), leave them out, or recommend by "
+                   "popularity.")
 @click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="FILE.parquet or FILE.csv")
 @retrieval_option
@@ -122,6 +123,9 @@ def recommend(run_dir, users_file, all_users, histories, unknown, k, out, retrie
 
     if sum(x is not None and x is not False for x in (users_file, all_users or None, histories)) != 1:
         raise SeqrecError("give exactly one of --users FILE, --all, --histories FILE")
+    if unknown is not None and not users_file:
+        raise SeqrecError("--unknown applies to --users (with --histories every user is new: an empty history "
+                          "gets popularity)")
     outp = Path(out)
     if outp.suffix not in (".parquet", ".csv"):
         raise SeqrecError(f"--out {out}: use a .parquet or .csv file name")
@@ -135,7 +139,7 @@ def recommend(run_dir, users_file, all_users, histories, unknown, k, out, retrie
         df = rec.recommend(histories=_read_histories(histories, rec), k=k, filter_seen=filter_seen, **kw)
     else:
         users = None if all_users else _read_id_file(users_file, rec.data_.user_ids)
-        df = rec.recommend(users=users, k=k, filter_seen=filter_seen, unknown=unknown, **kw)
+        df = rec.recommend(users=users, k=k, filter_seen=filter_seen, unknown=unknown or "error", **kw)
     with atomic_path(outp) as tmp:
         (df.write_parquet if outp.suffix == ".parquet" else df.write_csv)(tmp)
     click.echo(f"wrote {df.height} rows for {df['user'].n_unique()} users to {outp}", err=True)
