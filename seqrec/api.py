@@ -121,7 +121,8 @@ class SeqRec:
         from seqrec.training import ResumeNote, Trainer, seed_everything
 
         run = RunDir(run_dir) if run_dir is not None else None
-        with run.lock() if run is not None else contextlib.nullcontext():
+        with run.lock() if run is not None else contextlib.nullcontext(), \
+                run.restored_on_failure(run.config) if resume and run is not None else contextlib.nullcontext():
             if resume and run is not None and run.has_data() and data is None:
                 from seqrec.data import load_dataset
 

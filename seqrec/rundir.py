@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from seqrec.errors import SeqrecError
-from seqrec.io import run_lock, write_json, write_text
+from seqrec.io import atomic_path, run_lock, write_json, write_text
 
 MIN_FREE_MB = 50
 
@@ -150,6 +150,21 @@ class RunDir:
                             (self.path / ".lock").unlink()
                             self.path.rmdir()
                 raise
+
+    @contextlib.contextmanager
+    def restored_on_failure(self, *files: Path) -> Iterator[None]:
+        """Put ``files`` back as they are now if the block fails before a new ``last.pt`` is written
+        (a resume refused in setup leaves the run exactly as it was)."""
+        saved = {f: f.read_bytes() for f in files if f.exists()}
+        before = self.last.stat().st_mtime_ns if self.last.exists() else None
+        try:
+            yield
+        except BaseException:
+            if (self.last.stat().st_mtime_ns if self.last.exists() else None) == before:
+                for f, data in saved.items():
+                    with atomic_path(f) as tmp:
+                        tmp.write_bytes(data)
+            raise
 
     def _empty(self) -> None:
         for child in self.path.iterdir():  # everything but the lock this process holds

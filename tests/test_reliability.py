@@ -665,3 +665,14 @@ def test_quoted_error_text_is_never_cut_mid_word(tmp_path):
     bad.write_text("train: [unclosed\n")
     rc, _, err = cli("fit", "--config", bad)
     one_line_error(rc, err, "invalid YAML", "expected ',' or ']'")  # the parser's last line, not only its first
+
+
+def test_a_resume_refused_in_setup_leaves_the_run_as_it_was(finished, tmp_path, monkeypatch):
+    from seqrec.training import memory
+
+    run = copy_run(finished, tmp_path / "r")
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (2**20, "available RAM"))
+    rc, _, err = cli("fit", "--resume", run, "--set", "train.epochs=3", "--set", "train.lr=0.0005")
+    one_line_error(rc, err, "one training step needs about")
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
