@@ -70,17 +70,19 @@ def _reasons(df: pl.DataFrame, has_time: bool) -> tuple[pl.Expr, list[tuple[str,
     return ~(blank | header), out
 
 
-def _first(df: pl.DataFrame, flag: pl.Expr, unit: str) -> str:
-    """``line N: 'text'`` of the first row flagged (the raw line, or the row's values)."""
+def _first(df: pl.DataFrame, flag: pl.Expr, unit: str, why: bool = False) -> str:
+    """``line N: 'text'`` of the first row flagged (the raw line, or the row's values); ``why``: and
+    the fields that could not be read."""
     cols = df.columns
-    row = df.filter(flag).head(1)
-    where = int(row.get_column("_line")[0]) if "_line" in cols else int(row.get_column("_row")[0])
-    if "_text" in cols and row.get_column("_text")[0] is not None:
-        text = row.get_column("_text")[0]
-    else:
-        keep = [c for c in ("user", "item", "timestamp", "rating") if c in cols]
-        text = ", ".join(f"{c}={row.get_column(c)[0]}" for c in keep)
-    return f"{unit} {where}: {shorten(str(text))!r}"
+    row = df.filter(flag).head(1).row(0, named=True)
+    where = row["_line"] if "_line" in cols else row["_row"]
+    values = [c for c in ("user", "item", "timestamp", "rating") if c in cols]
+    text = row.get("_text")
+    if text is None:
+        text = ", ".join(f"{c}={row[c]}" for c in values)
+    missing = [c for c in values if row[c] is None]
+    reason = f": bad or missing {', '.join(missing)}" if why and missing else ""
+    return f"{unit} {where}: {shorten(str(text))!r}{reason}"
 
 
 def check(
@@ -108,7 +110,9 @@ def check(
     for reason, count in counts.items():
         if count == 0 or reason == BLANK:
             continue
-        what = f"{source}: {count} {_one(reason, count)} (first at {_first(df, flags[reason], unit)})"
+        first = _first(df, flags[reason], unit, why=reason == BAD)
+        scope = "before 1990-01-01 or after now + 1 day; " if reason == TIME else ""
+        what = f"{source}: {count} {_one(reason, count)} ({scope}first at {first})"
         if strict:
             raise DataError(f"{what}; refused in strict mode (--strict, data.strict)")
         warn(f"{what}; dropped {'it' if count == 1 else 'them'}")
@@ -132,7 +136,7 @@ def _refuse_broken(
     if unusable > BAD_SHARE * n:
         flag = flags[BAD] | flags[NO_ID]
         raise DataError(f"{source}: {unusable} of {n} rows ({100 * unusable / n:.0f}%) cannot be read "
-                        f"(first at {_first(df, flag, unit)}); is the format right?")
+                        f"(first at {_first(df, flag, unit, why=True)}); is the format right?")
     k = counts.get(TIME, 0)
     if k > BAD_SHARE * n:
         raise DataError(f"{source}: {k} of {n} timestamps are outside 1990-01-01 .. now + 1 day "
