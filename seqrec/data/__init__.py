@@ -60,7 +60,7 @@ def _read_preprocess(
 
     try:
         frame, has_time = read(path, fmt, **read_opts)
-        rows, dropped = check(frame, str(path), has_time, strict=strict, unit=UNITS.get(fmt, "line"))
+        rows, dropped = check(frame, str(path), has_time, strict, UNITS.get(fmt, "line"), path)
         inter = preprocess(rows, prep, source=str(path), has_time=has_time)
     except pl.exceptions.PolarsError as e:
         raise DataError(f"{path}: {_explain(e)}") from None
@@ -107,35 +107,32 @@ def load_interactions(
     if fmt is not None:
         raise DataError(f"{name}: --format applies to a file path, not to a named dataset")
     if card.get("format") == "synthetic":
-        from seqrec.data import synthetic as syn
-
-        preset = name.split(":", 1)[1] if ":" in name else card.get("preset", "default")
-        params = (
-            syn.params_for(preset, **{**card.get("params", {}), **synth})
-            if preset == "default"
-            else syn.params_for(preset, **synth)
-        )
-        prep = Preprocessing.from_dict({**card.get("preprocessing", {}), **prep_over})
-        inter = preprocess(syn.generate(params), prep, source=name)
-        from dataclasses import asdict
-
-        return (
-            name,
-            inter,
-            {
-                "source": name,
-                "format": "synthetic",
-                "synthetic": asdict(params),
-                "preprocessing": prep.to_dict(),
-                "dropped": inter.dropped,
-            },
-        )
+        return _load_synthetic(name, card, synth, prep_over)
     path, entry = cards.resolve(card, data_dir)
     prep = Preprocessing.from_dict({**(entry.get("preprocessing") or {}), **prep_over})
     read_opts = {**(entry.get("read") or {}), **read_opts}
     inter, dropped = _read_preprocess(path, entry["format"], read_opts, prep, strict)
     return name, inter, {"source": str(path), "format": entry["format"], "preprocessing": prep.to_dict(),
                          "dropped": dropped}
+
+
+def _load_synthetic(name: str, card: dict, synth: dict, prep_over: dict) -> tuple[str, Interactions, dict]:
+    """A synthetic dataset (``name`` may carry a preset: ``synthetic:ml-20m``) -> as load_interactions."""
+    from dataclasses import asdict
+
+    from seqrec.data import synthetic as syn
+
+    preset = name.split(":", 1)[1] if ":" in name else card.get("preset", "default")
+    params = (
+        syn.params_for(preset, **{**card.get("params", {}), **synth})
+        if preset == "default"
+        else syn.params_for(preset, **synth)
+    )
+    prep = Preprocessing.from_dict({**card.get("preprocessing", {}), **prep_over})
+    inter = preprocess(syn.generate(params), prep, source=name)
+    meta = {"source": name, "format": "synthetic", "synthetic": asdict(params), "preprocessing": prep.to_dict(),
+            "dropped": inter.dropped}
+    return name, inter, meta
 
 
 def load_dataset(

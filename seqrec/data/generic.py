@@ -1,10 +1,10 @@
 """Generic readers: a CSV with a header, or a Parquet file, with columns named by the caller.
 
 Output as every reader's (see ``seqrec.data.readers``): user, item, timestamp[, rating] and the helper
-columns ``_line`` (CSV: the line in the file, the header being line 1; Parquet: the row), ``_text``
-(CSV: the line's fields), ``_bad`` and ``_header`` (a row whose ids are the id columns' names).
-A CSV is read as text and each column given the narrowest type that all its values (repeated header
-rows aside) have: ids Int64 else String, times Int64, Float64, else dates (-> epoch seconds).
+columns ``_line`` (CSV: the line in the file, the header being line 1; Parquet: the row), ``_bad``,
+``_header`` (a row whose ids are the id columns' names) and ``_blank`` (a row with no value at all).
+A CSV gets the column types polars infers; one with a repeated header (which makes a number column
+text) is read as text and each column given the type all its other values have (``_typed_csv``).
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ def read_generic(
         rename[rating_col] = "rating"
     require(path, names, rename)
     header = (pl.col(user_col).cast(pl.String) == user_col) & (pl.col(item_col).cast(pl.String) == item_col)
-    cols = [pl.col(k).alias(v) for k, v in rename.items()] + [header.fill_null(False).alias("_header")]
-    if kind == "csv":  # the header is line 1; a row's text is its fields joined again
-        lf = lf.with_row_index("_line", offset=2)
-        text = pl.concat_str([pl.col(c).fill_null("") for c in names], separator=sep)
-        lf = _narrow(lf.select(*cols, "_line", text.alias("_text")).collect())
+    blank = pl.all_horizontal([pl.col(c).is_null() for c in rename])  # an empty record: no data at all
+    cols = [pl.col(k).alias(v) for k, v in rename.items()]
+    cols += [header.fill_null(False).alias("_header"), blank.alias("_blank"), "_line"]
+    lf = lf.with_row_index("_line", offset=2 if kind == "csv" else 1)  # a CSV's header is line 1
+    if kind == "csv":
+        lf = _typed_csv(path, sep, lf.select(cols), cols)
     else:
-        lf = lf.with_row_index("_line", offset=1).select(*cols, "_line")
+        lf = lf.select(cols)
     bad = pl.lit(False)
     if rating_col:  # a rating that is there but is no number
         rating = pl.col("rating").cast(pl.Float64, strict=False)
@@ -61,9 +62,18 @@ def read_generic(
     return lf.with_columns(_to_seconds(lf)), True
 
 
-def _narrow(df: pl.DataFrame) -> pl.LazyFrame:
-    """All-text CSV columns -> ids Int64 when every value is an integer, times Int64 / Float64 when
-    every value is such a number (repeated header rows and empty values aside)."""
+def _typed_csv(path: Path, sep: str, inferred: pl.LazyFrame, cols: list) -> pl.LazyFrame:
+    """The CSV with the types polars infers, unless that fails or meets a repeated header: then read
+    as text and each column narrowed to the type all its values (header rows aside) have -- ids
+    Int64 else String, times Int64 / Float64 else parsed by ``_to_seconds``."""
+    try:
+        df = inferred.collect()
+        if not df.get_column("_header").any():
+            return df.lazy()
+    except pl.exceptions.PolarsError:  # a value unlike the first rows' type
+        pass
+    text = pl.scan_csv(path, separator=sep, has_header=True, infer_schema=False)
+    df = text.with_row_index("_line", offset=2).select(cols).collect()
     rows = df.filter(~pl.col("_header"))
     casts = {}
     for col, dtypes in (("user", [pl.Int64]), ("item", [pl.Int64]), ("timestamp", [pl.Int64, pl.Float64])):
@@ -89,7 +99,7 @@ def _scan_csv(path: Path, sep: str) -> tuple[pl.LazyFrame, list[str]]:
     data = head(path)
     check_utf8(path, data)
     names = [c.strip().strip('"') for c in data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r").split(sep)]
-    return pl.scan_csv(path, separator=sep, has_header=True, infer_schema=False), names
+    return pl.scan_csv(path, separator=sep, has_header=True, infer_schema_length=10_000), names
 
 
 def require(path: Path, names: list[str], rename: dict[str, str]) -> None:

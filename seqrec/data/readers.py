@@ -2,8 +2,8 @@
 
 Raw ids are kept as they are (ints or strings). ``timestamp`` is numeric (seconds, or the line order for
 order-only formats such as SASRec / S3-Rec files). ``read`` returns (frame, has_time). The frame also
-carries the helper columns ``seqrec.data.sanity.check`` judges (``_line``, ``_text``, ``_bad``,
-``_header``; see there): a reader never fails on a bad line, it marks it.
+carries the helper columns ``seqrec.data.sanity.check`` judges (``_line``, ``_bad``, ``_header``,
+``_blank``; see there): a reader never fails on a bad line, it marks it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from seqrec.data.generic import read_generic, require
-from seqrec.data.lines import HELPERS, check_utf8, first_line, head, scan_lines, split_fields
+from seqrec.data.lines import HELPERS, check_utf8, first_line, head, read_delimited, scan_lines
 from seqrec.errors import DataError
 
 FORMATS: dict[str, str] = {
@@ -79,20 +79,17 @@ _RATINGS = {"user": _INT, "item": _INT, "rating": _FLOAT, "timestamp": _INT}
 
 
 def _delimited(path: Path, sep: str, fields: dict[str, pl.DataType], header: bool = False) -> pl.LazyFrame:
-    """A delimited text file without quoting, line by line (see ``seqrec.data.lines``)."""
+    """A delimited text file without quoting (see ``seqrec.data.lines``)."""
     sample = head(path)
     check_utf8(path, sample)
-    lines = scan_lines(path)
-    if not header:
-        return split_fields(lines, sep, fields)
-    first = sample.split(b"\n", 1)[0].decode("utf-8", errors="replace")
-    return split_fields(lines.filter(pl.col("_line") > 1), sep, fields, header=first)
+    first = sample.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r") if header else None
+    return read_delimited(path, sep, fields, header=first)
 
 
 def _ml1m_dat(path: Path) -> tuple[pl.LazyFrame, bool]:
-    # the file is latin-1 (polars reads UTF-8 only): decode, re-encode; '::' splits like any separator
-    text = path.read_bytes().decode("latin-1").encode("utf-8")
-    return split_fields(scan_lines(text), "::", _RATINGS), True
+    # '::' is two characters (polars separators are one byte) and the file is latin-1: decode, re-separate
+    text = path.read_bytes().decode("latin-1").replace("::", "\t").encode("utf-8")
+    return read_delimited(text, "\t", _RATINGS), True
 
 
 def _movielens_csv(path: Path) -> tuple[pl.LazyFrame, bool]:
@@ -152,7 +149,7 @@ def _recbole(path: Path) -> tuple[pl.LazyFrame, bool]:
              for i, f in enumerate(fields)}
     spec = {names[f]: pl.Float64 if names[f] in ("timestamp", "rating") and types[f] == "float" else pl.String
             for f in fields}
-    lf = split_fields(scan_lines(path).filter(pl.col("_line") > 1), "\t", spec, header=line)
+    lf = read_delimited(path, "\t", spec, header=line)
     if not has_time:
         lf = lf.with_columns(pl.int_range(pl.len()).cast(pl.Int64).alias("timestamp"))
     keep = ["user", "item", "timestamp", *(["rating"] if "rating" in fields else []), *HELPERS]
@@ -161,20 +158,20 @@ def _recbole(path: Path) -> tuple[pl.LazyFrame, bool]:
 
 def _sasrec(path: Path) -> tuple[pl.LazyFrame, bool]:
     lf = _delimited(path, " ", {"user": _INT, "item": _INT})
-    return lf.with_columns((pl.col("_line") - 1).alias("timestamp")), False  # line order is time order
+    return lf.with_columns((pl.col("_line").cast(pl.Int64) - 1).alias("timestamp")), False  # line order = time
 
 
 def _s3rec(path: Path) -> tuple[pl.LazyFrame, bool]:
     check_utf8(path, head(path))
     parts = scan_lines(path).with_columns(pl.col("_text").str.strip_chars().str.split(" ").alias("f"))
     lf = (
-        parts.select("_line", "_text", pl.col("f").list.first().alias("u"), pl.col("f").list.slice(1).alias("i"))
+        parts.select("_line", pl.col("f").list.first().alias("u"), pl.col("f").list.slice(1).alias("i"))
         .explode("i")
         .filter(pl.col("i").is_not_null() & (pl.col("i") != ""))
         .with_columns(pl.col("u").cast(pl.Int64, strict=False).alias("user"),
                       pl.col("i").cast(pl.Int64, strict=False).alias("item"))
         .with_columns((pl.col("user").is_null() | pl.col("item").is_null()).alias("_bad"),
-                      pl.lit(False).alias("_header"))
+                      pl.lit(False).alias("_header"), pl.lit(False).alias("_blank"))
         .with_row_index("timestamp")
         .with_columns(pl.col("timestamp").cast(pl.Int64))
     )
