@@ -97,9 +97,9 @@ class SeqRec:
             return data
         d = self.cfg_.data
         if _is_frame(data):
-            return load_frame(data, split=d.split, **d.options)
+            return load_frame(data, split=d.split, strict=d.strict, **d.options)
         return load_dataset(str(d.dataset if data is None else data), data_dir=d.data_dir, fmt=d.format,
-                            split=d.split, **d.options)
+                            split=d.split, strict=d.strict, **d.options)
 
     def _build_model(self, n_items: int) -> torch.nn.Module:
         from seqrec.registry import MODELS

@@ -109,6 +109,13 @@ def _common(f: Callable) -> Callable:
     @click.argument("dataset")
     @dataset_options
     @preprocessing_options
+    @click.option(
+        "--strict",
+        is_flag=True,
+        default=None,
+        help="Refuse input with rows that are not interactions (repeated headers, unparseable lines, "
+        "rows without ids, implausible timestamps) instead of dropping them with a warning.",
+    )
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         return f(*args, **kwargs)
@@ -141,10 +148,19 @@ def stats(dataset: str, **opts: Any) -> None:
             f"{m.get('split')}: train interactions {m['split_sizes']['train_interactions']}, "
             f"valid users {m['split_sizes']['valid_users']}, test users {m['split_sizes']['test_users']}",
         ),
+        ("dropped", _dropped(m)),
         ("fingerprint", m.get("fingerprint", "")),
     ]
     for k, v in lines:
         click.echo(f"{k:<14} {v}")
+
+
+def _dropped(meta: dict) -> str:
+    """``reason count, …`` for the rows the checks and preprocessing dropped (``none``: nothing)."""
+    dropped = meta.get("dropped")
+    if dropped is None:
+        return "not recorded (prepared by an older seqrec)"
+    return ", ".join(f"{k} {v}" for k, v in dropped.items() if v) or "none"
 
 
 @data.command()
@@ -152,12 +168,16 @@ def stats(dataset: str, **opts: Any) -> None:
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Directory to write (atomically)."
 )
-def prepare(dataset: str, out: Path, **opts: Any) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty --out directory.")
+def prepare(dataset: str, out: Path, overwrite: bool, **opts: Any) -> None:
     """Preprocess and split DATASET into a prepared directory (Parquet + stats.json + meta.json)."""
     from seqrec.data import save_prepared
+    from seqrec.errors import DataError
 
+    if out.is_dir() and any(out.iterdir()) and not overwrite:  # refused before any reading
+        raise DataError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
     d = load_from_options(dataset, **opts)
-    save_prepared(d, out)
+    save_prepared(d, out, overwrite=overwrite)
     s = d.meta["stats"]
     click.echo(
         f"prepared {d.name}: users {s['users']} items {s['items']} interactions {s['interactions']} "

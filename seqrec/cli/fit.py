@@ -48,10 +48,14 @@ def _help_names(kind: str) -> str:
 @click.option("--out", "out", default=None, type=click.Path(), help="Run dir (default runs/MODEL-LOSS-DATA-TIME).")
 @click.option("--resume", "resume", default=None, type=click.Path(), help="Continue the run in this directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--strict", is_flag=True, default=None,
+              help="Refuse data with rows that are not interactions instead of dropping them with a warning "
+                   "(= --set data.strict=true).")
 @click.option("--baseline/--no-baseline", default=True, help="Also report the most-popular baseline.")
 @click.option("--force", is_flag=True, help="Train even if one step is predicted not to fit the free memory.")
 @plugin_option
-def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, baseline, force) -> int:
+def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, strict, baseline,
+        force) -> int:
     """Train a model, evaluate it on validation and test, and save the run.
 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
@@ -59,7 +63,7 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     from seqrec.rundir import RunDir
 
     flags = {"data.dataset": dataset, "data.data_dir": data_dir, "data.format": fmt, "model.name": model,
-             "loss.name": loss, "train.device": device}
+             "loss.name": loss, "train.device": device, "data.strict": strict}
     ov = {k: v for k, v in flags.items() if v is not None} | overrides(sets)
     if resume:
         if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or overwrite:

@@ -48,26 +48,40 @@ def _split_options(options: dict[str, Any]) -> tuple[dict, dict, dict]:
     return prep, read_opts, rest
 
 
-def _read_preprocess(path: Path, fmt: str, read_opts: dict, prep: Preprocessing) -> Interactions:
+def _read_preprocess(
+    path: Path, fmt: str, read_opts: dict, prep: Preprocessing, strict: bool
+) -> tuple[Interactions, dict[str, int]]:
+    """Read, check (``sanity``), preprocess -> (interactions, rows dropped per reason)."""
     import polars as pl
 
     from seqrec.data.preprocess import _explain
+    from seqrec.data.readers import UNITS
+    from seqrec.data.sanity import check
 
     try:
         frame, has_time = read(path, fmt, **read_opts)
-        return preprocess(frame, prep, source=str(path), has_time=has_time)
+        rows, dropped = check(frame, str(path), has_time, strict, UNITS.get(fmt, "line"), path)
+        inter = preprocess(rows, prep, source=str(path), has_time=has_time)
     except pl.exceptions.PolarsError as e:
         raise DataError(f"{path}: {_explain(e)}") from None
+    return inter, {**dropped, **inter.dropped}
 
 
 def load_interactions(
-    spec: str | os.PathLike, data_dir: str | os.PathLike | None = None, fmt: str | None = None, **options: Any
+    spec: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    fmt: str | None = None,
+    strict: bool = False,
+    **options: Any,
 ) -> tuple[str, Interactions, dict]:
     """Read and preprocess ``spec`` (name or file; not a prepared dir) -> (name, interactions, meta).
 
-    ``options``: Preprocessing fields (override the card's defaults), reader options
-    (``user_col``, ``item_col``, ``time_col``, ``rating_col``, ``sep``, ``header``), ``synthetic``
-    (dict of generator parameters).
+    Rows that are not interactions (repeated headers, unparseable lines, rows without ids, implausible
+    timestamps) are dropped with a warning, or refused with a DataError when ``strict`` or when the
+    input is clearly broken (see ``seqrec.data.sanity``); ``meta["dropped"]`` counts them per reason,
+    with the rows preprocessing removed. ``options``: Preprocessing fields (override the card's
+    defaults), reader options (``user_col``, ``item_col``, ``time_col``, ``rating_col``, ``sep``),
+    ``synthetic`` (dict of generator parameters).
     """
     from seqrec.data import cards
 
@@ -85,39 +99,40 @@ def load_interactions(
             raise DataError(f"{path}: is a directory but not a prepared dataset (no meta.json)")
         fmt = fmt or infer_format(path)
         prep = Preprocessing.from_dict(prep_over)
-        inter = _read_preprocess(path, fmt, read_opts, prep)
-        return path.stem, inter, {"source": str(path), "format": fmt, "preprocessing": prep.to_dict()}
+        inter, dropped = _read_preprocess(path, fmt, read_opts, prep, strict)
+        meta = {"source": str(path), "format": fmt, "preprocessing": prep.to_dict(), "dropped": dropped}
+        return path.stem, inter, meta
     name = str(spec)
     card = cards.get_card(name.split(":", 1)[0])
     if fmt is not None:
         raise DataError(f"{name}: --format applies to a file path, not to a named dataset")
     if card.get("format") == "synthetic":
-        from seqrec.data import synthetic as syn
-
-        preset = name.split(":", 1)[1] if ":" in name else card.get("preset", "default")
-        params = (
-            syn.params_for(preset, **{**card.get("params", {}), **synth})
-            if preset == "default"
-            else syn.params_for(preset, **synth)
-        )
-        prep = Preprocessing.from_dict({**card.get("preprocessing", {}), **prep_over})
-        inter = preprocess(syn.generate(params), prep, source=name)
-        from dataclasses import asdict
-
-        return (
-            name,
-            inter,
-            {
-                "source": name,
-                "format": "synthetic",
-                "synthetic": asdict(params),
-                "preprocessing": prep.to_dict(),
-            },
-        )
+        return _load_synthetic(name, card, synth, prep_over)
     path, entry = cards.resolve(card, data_dir)
     prep = Preprocessing.from_dict({**(entry.get("preprocessing") or {}), **prep_over})
-    inter = _read_preprocess(path, entry["format"], {**(entry.get("read") or {}), **read_opts}, prep)
-    return name, inter, {"source": str(path), "format": entry["format"], "preprocessing": prep.to_dict()}
+    read_opts = {**(entry.get("read") or {}), **read_opts}
+    inter, dropped = _read_preprocess(path, entry["format"], read_opts, prep, strict)
+    return name, inter, {"source": str(path), "format": entry["format"], "preprocessing": prep.to_dict(),
+                         "dropped": dropped}
+
+
+def _load_synthetic(name: str, card: dict, synth: dict, prep_over: dict) -> tuple[str, Interactions, dict]:
+    """A synthetic dataset (``name`` may carry a preset: ``synthetic:ml-20m``) -> as load_interactions."""
+    from dataclasses import asdict
+
+    from seqrec.data import synthetic as syn
+
+    preset = name.split(":", 1)[1] if ":" in name else card.get("preset", "default")
+    params = (
+        syn.params_for(preset, **{**card.get("params", {}), **synth})
+        if preset == "default"
+        else syn.params_for(preset, **synth)
+    )
+    prep = Preprocessing.from_dict({**card.get("preprocessing", {}), **prep_over})
+    inter = preprocess(syn.generate(params), prep, source=name)
+    meta = {"source": name, "format": "synthetic", "synthetic": asdict(params), "preprocessing": prep.to_dict(),
+            "dropped": inter.dropped}
+    return name, inter, meta
 
 
 def load_dataset(
@@ -125,10 +140,13 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     fmt: str | None = None,
     split: str | None = None,
+    strict: bool = False,
     **options: Any,
 ) -> PreparedData:
     """Load ``spec`` (dataset name, prepared dir, or file + ``fmt``) -> PreparedData.
 
+    strict: refuse (DataError) input rows that would otherwise be dropped with a warning (a prepared
+    directory was checked when it was prepared: ``strict`` does not apply to it).
     split: ``leave_one_out`` (default) or ``global_temporal`` (option ``q``, default 0.95).
     options: preprocessing overrides (``min_rating``, ``dedup``, ``min_user``, ``min_item``, ``kcore``),
     reader options for csv/parquet (``user_col``, ``item_col``, ``time_col``, ``rating_col``, ``sep``),
@@ -161,15 +179,16 @@ def load_dataset(
             return pd
         return load_prepared(spec)
     q = options.pop("q", 0.95)
-    name, inter, meta = load_interactions(spec, data_dir=data_dir, fmt=fmt, **options)
+    name, inter, meta = load_interactions(spec, data_dir=data_dir, fmt=fmt, strict=strict, **options)
     return split_interactions(name, inter, how=split or "leave_one_out", q=q, meta=meta)
 
 
-def save_prepared(data: PreparedData, out: str | os.PathLike) -> Path:
-    """Write ``data`` as a prepared directory at ``out`` (atomically) -> ``out``."""
+def save_prepared(data: PreparedData, out: str | os.PathLike, overwrite: bool | None = None) -> Path:
+    """Write ``data`` as a prepared directory at ``out`` (atomically) -> ``out``. A non-empty ``out``:
+    replaced when ``overwrite``, refused when False; None: replaced only if it is a prepared directory."""
     from seqrec.data.prepared import save_prepared as _save
 
-    return _save(data, out)
+    return _save(data, out, overwrite)
 
 
 def check_spec(spec: str | os.PathLike, fmt: str | None = None) -> None:
@@ -190,9 +209,9 @@ def check_spec(spec: str | os.PathLike, fmt: str | None = None) -> None:
                     f"directory or a dataset name (known: {', '.join(sorted(cards.all_cards()))})")
 
 
-def load_frame(frame: Any, split: str | None = None, **options: Any) -> PreparedData:
+def load_frame(frame: Any, split: str | None = None, strict: bool = False, **options: Any) -> PreparedData:
     """A DataFrame of interactions (polars or pandas; columns user, item[, timestamp][, rating]) ->
-    PreparedData, through the same reader, preprocessing and split as a Parquet file."""
+    PreparedData, through the same reader, checks, preprocessing and split as a Parquet file."""
     import tempfile
 
     import polars as pl
@@ -202,4 +221,4 @@ def load_frame(frame: Any, split: str | None = None, **options: Any) -> Prepared
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "interactions.parquet"
         frame.write_parquet(f)
-        return load_dataset(str(f), fmt="parquet", split=split, **options)
+        return load_dataset(str(f), fmt="parquet", split=split, strict=strict, **options)

@@ -49,13 +49,20 @@ def roles_of(data: PreparedData) -> np.ndarray:
     return role
 
 
-def save_prepared(data: PreparedData, out: str | os.PathLike) -> Path:
-    """Write ``data`` to directory ``out`` atomically; an existing prepared dir there is replaced."""
+def save_prepared(data: PreparedData, out: str | os.PathLike, overwrite: bool | None = None) -> Path:
+    """Write ``data`` to directory ``out`` atomically (the new directory is renamed into place).
+
+    An existing non-empty ``out`` is replaced when ``overwrite`` is True, refused when it is False;
+    None (the API's default): a prepared directory is replaced, anything else refused.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not is_prepared(out):
-        raise DataError(f"{out}: directory is not empty and is not a prepared dataset; refusing to overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        if overwrite is False:
+            raise DataError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+        if overwrite is None and not is_prepared(out):
+            raise DataError(f"{out}: directory is not empty and is not a prepared dataset; refusing to overwrite")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir_next_to(out)

@@ -8,7 +8,7 @@ Order is (user, timestamp, input order): ties in time are never reshuffled.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -63,7 +63,8 @@ class Interactions:
 
     users int64 [n] in 0..U-1 (non-decreasing), items int64 [n] in 1..C, timestamps [n] (int64 or float64),
     user_ids [U] / item_ids [C+1] raw ids (item_ids[0] is a padding placeholder), has_time: whether
-    ``timestamps`` are real times (False: input order only).
+    ``timestamps`` are real times (False: input order only); dropped: rows each step removed
+    (``below min_rating``, ``duplicates``, ``k-core``), by name.
     """
 
     users: np.ndarray
@@ -72,6 +73,7 @@ class Interactions:
     user_ids: np.ndarray
     item_ids: np.ndarray
     has_time: bool = True
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -97,16 +99,19 @@ def preprocess(
     cols = lf.collect_schema().names()
     if ORDER not in cols:
         lf = lf.with_row_index(ORDER)
-    if prep.min_rating is not None:
-        if "rating" not in cols:
-            raise DataError(
-                f"{source}: min_rating={prep.min_rating} needs a rating column, and this input has none"
-            )
-        lf = lf.filter(pl.col("rating") >= prep.min_rating)
+    if prep.min_rating is not None and "rating" not in cols:
+        raise DataError(f"{source}: min_rating={prep.min_rating} needs a rating column, and this input has none")
+    keep = pl.col("rating") >= prep.min_rating if prep.min_rating is not None else pl.lit(True)
     try:
-        df = lf.select("user", "item", "timestamp", ORDER).collect()
+        df = lf.select("user", "item", "timestamp", ORDER, keep.fill_null(False).alias("_keep")).collect()
     except pl.exceptions.PolarsError as e:
         raise DataError(f"{source}: {_explain(e)}") from None
+    dropped = {}
+    if prep.min_rating is not None:
+        n = df.height
+        df = df.filter("_keep")
+        dropped["below min_rating"] = n - df.height
+    df = df.drop("_keep")
     if df.height == 0:
         raise DataError(f"{source}: no interactions (empty input, or min_rating removed everything)")
     for col in ("user", "item", "timestamp"):
@@ -117,8 +122,13 @@ def preprocess(
             raise DataError(f"{source}: {int(nulls.sum())} row(s) with {what} (first at data row {row + 1})")
     df = df.sort(["user", "timestamp", ORDER], maintain_order=True)
     if prep.dedup:
+        n = df.height
         df = df.unique(subset=["user", "item"], keep="first", maintain_order=True)
-    df = kcore(df, prep.min_user, prep.min_item, once=prep.kcore == "once")
+        dropped["duplicates"] = n - df.height
+    if prep.min_user > 1 or prep.min_item > 1:
+        n = df.height
+        df = kcore(df, prep.min_user, prep.min_item, once=prep.kcore == "once")
+        dropped["k-core"] = n - df.height
     if df.height == 0:
         raise DataError(
             f"{source}: k-core filtering (min_user={prep.min_user}, min_item={prep.min_item}) "
@@ -137,6 +147,7 @@ def preprocess(
         user_ids=user.filter(pl.Series(first)).to_numpy(),
         item_ids=item_ids,
         has_time=has_time,
+        dropped=dropped,
     )
 
 

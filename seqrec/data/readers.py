@@ -1,19 +1,22 @@
 """Readers: each raw format -> one canonical polars LazyFrame (user, item, timestamp[, rating]).
 
 Raw ids are kept as they are (ints or strings). ``timestamp`` is numeric (seconds, or the line order for
-order-only formats such as SASRec / S3-Rec files). ``read`` returns (frame, has_time).
+order-only formats such as SASRec / S3-Rec files). ``read`` returns (frame, has_time). The frame also
+carries the helper columns ``seqrec.data.sanity.check`` judges (``_line``, ``_bad``, ``_header``,
+``_blank``; see there): a reader never fails on a bad line, it marks it.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
+from seqrec.data.generic import read_generic, require
+from seqrec.data.lines import HELPERS, check_utf8, first_line, head, read_delimited, scan_lines
 from seqrec.errors import DataError
 
 FORMATS: dict[str, str] = {
@@ -29,7 +32,7 @@ FORMATS: dict[str, str] = {
     "parquet": "generic Parquet; columns named by user_col/item_col/time_col/rating_col",
 }
 READER_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "sep")
-_SEP_NONE = "\x1f"  # a separator that never occurs: read whole lines as one column
+UNITS = {"amazon-json": "record", "parquet": "row"}  # what a reader's ``_line`` counts (else: line)
 _WELL_KNOWN = {"ratings.dat": "ml-1m-dat", "ratings.csv": "movielens-csv", "u.data": "ml-100k"}
 
 
@@ -71,76 +74,45 @@ def read(path: str | Path, fmt: str, **options) -> tuple[pl.LazyFrame, bool]:
     return _READERS[fmt](path, **options)
 
 
-_HEAD = 65536
+_INT, _FLOAT, _STR = pl.Int64, pl.Float64, pl.String
+_RATINGS = {"user": _INT, "item": _INT, "rating": _FLOAT, "timestamp": _INT}
 
 
-def _head(path: Path, n: int = _HEAD) -> bytes:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            return f.read(n)
-    except (OSError, EOFError, zlib.error) as e:  # a broken .gz raises all three
-        raise DataError(f"{path}: cannot read ({_first_line(e)})") from None
-
-
-def _check_utf8(path: Path, data: bytes) -> None:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        # a multi-byte character cut by the end of the sample is fine -- only when the sample is a
-        # prefix of a longer file; a short file is the whole file and must decode entirely
-        if not (len(data) >= _HEAD and e.reason == "unexpected end of data"):
-            raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
-
-
-def _delimited(path: Path, sep: str, names: list[str], dtypes: list[pl.DataType]) -> pl.LazyFrame:
-    _check_utf8(path, _head(path))
-    return pl.scan_csv(
-        path,
-        separator=sep,
-        has_header=False,
-        new_columns=names,
-        schema_overrides=dict(zip(names, dtypes, strict=False)),
-        quote_char=None,
-    )
+def _delimited(path: Path, sep: str, fields: dict[str, pl.DataType], header: bool = False) -> pl.LazyFrame:
+    """A delimited text file without quoting (see ``seqrec.data.lines``)."""
+    sample = head(path)
+    check_utf8(path, sample)
+    first = sample.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r") if header else None
+    return read_delimited(path, sep, fields, header=first)
 
 
 def _ml1m_dat(path: Path) -> tuple[pl.LazyFrame, bool]:
     # '::' is two characters (polars separators are one byte) and the file is latin-1: decode, re-separate
-    text = path.read_bytes().decode("latin-1")
-    df = pl.read_csv(
-        io.StringIO(text.replace("::", "\t")),
-        separator="\t",
-        has_header=False,
-        new_columns=["user", "item", "rating", "timestamp"],
-        quote_char=None,
-        schema_overrides={"user": pl.Int64, "item": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
-    )
-    return df.lazy(), True
+    text = path.read_bytes().decode("latin-1").replace("::", "\t").encode("utf-8")
+    return read_delimited(text, "\t", _RATINGS), True
 
 
 def _movielens_csv(path: Path) -> tuple[pl.LazyFrame, bool]:
-    lf = _with_header(
-        path, ",", {"userId": "user", "movieId": "item", "rating": "rating", "timestamp": "timestamp"}
-    )
-    return lf, True
+    first = head(path).split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    names = [c.strip().strip('"') for c in first.split(",")]
+    order = {"userId": "user", "movieId": "item", "rating": "rating", "timestamp": "timestamp"}
+    require(path, names, order)
+    if names != list(order):  # other columns or another order: the generic reader maps them by name
+        lf, _ = read_generic(path, "csv", "userId", "movieId", "timestamp", "rating")
+        return lf, True
+    return _delimited(path, ",", _RATINGS, header=True), True
 
 
 def _ml100k(path: Path) -> tuple[pl.LazyFrame, bool]:
-    return _delimited(
-        path, "\t", ["user", "item", "rating", "timestamp"], [pl.Int64, pl.Int64, pl.Float64, pl.Int64]
-    ), True
+    return _delimited(path, "\t", _RATINGS), True
 
 
 def _amazon_csv(path: Path) -> tuple[pl.LazyFrame, bool]:
-    return _delimited(
-        path, ",", ["user", "item", "rating", "timestamp"], [pl.String, pl.String, pl.Float64, pl.Int64]
-    ), True
+    return _delimited(path, ",", {"user": _STR, "item": _STR, "rating": _FLOAT, "timestamp": _INT}), True
 
 
 def _amazon_json(path: Path) -> tuple[pl.LazyFrame, bool]:
-    head = _head(path)
-    _check_utf8(path, head)
+    check_utf8(path, head(path))
     schema = {"reviewerID": pl.String, "asin": pl.String, "unixReviewTime": pl.Int64, "overall": pl.Float64}
     try:
         if path.suffix == ".gz":
@@ -149,11 +121,12 @@ def _amazon_json(path: Path) -> tuple[pl.LazyFrame, bool]:
         else:
             df = pl.read_ndjson(path, schema=schema)
     except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: not Amazon JSON lines ({_first_line(e)})") from None
+        raise DataError(f"{path}: not Amazon JSON lines ({first_line(e)})") from None
     for col in ("reviewerID", "asin", "unixReviewTime"):
         if df.get_column(col).null_count() == df.height:
             raise DataError(f"{path}: missing field {col!r} (needs reviewerID, asin, unixReviewTime)")
-    return df.lazy().select(
+    return df.lazy().with_row_index("_line", offset=1).select(
+        "_line",
         pl.col("reviewerID").alias("user"),
         pl.col("asin").alias("item"),
         pl.col("unixReviewTime").alias("timestamp"),
@@ -162,140 +135,47 @@ def _amazon_json(path: Path) -> tuple[pl.LazyFrame, bool]:
 
 
 def _recbole(path: Path) -> tuple[pl.LazyFrame, bool]:
-    head = _head(path)
-    _check_utf8(path, head)
-    header = head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r").split("\t")
+    sample = head(path)
+    check_utf8(path, sample)
+    line = sample.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
+    header = line.split("\t")
     fields = [h.split(":", 1)[0] for h in header]
-    types = [h.split(":", 1)[1] if ":" in h else "" for h in header]
+    types = dict(zip(fields, [h.split(":", 1)[1] if ":" in h else "" for h in header], strict=True))
     if "user_id" not in fields or "item_id" not in fields:
         raise DataError(f"{path}: RecBole header needs user_id and item_id (found: {', '.join(header)})")
-    dtype = {"token": pl.String, "float": pl.Float64, "token_seq": pl.String, "float_seq": pl.String}
-    lf = pl.scan_csv(
-        path,
-        separator="\t",
-        has_header=True,
-        new_columns=fields,
-        quote_char=None,
-        schema_overrides={f: dtype.get(t, pl.String) for f, t in zip(fields, types, strict=False)},
-    )
-    cols = [pl.col("user_id").alias("user"), pl.col("item_id").alias("item")]
     has_time = "timestamp" in fields
-    cols.append(pl.col("timestamp") if has_time else pl.int_range(pl.len()).cast(pl.Int64).alias("timestamp"))
-    if "rating" in fields:
-        cols.append(pl.col("rating").cast(pl.Float64))
-    return lf.select(cols), has_time
+    # tokens stay text; the float fields this reader uses are parsed (one that is not marks its row)
+    names = {f: {"user_id": "user", "item_id": "item"}.get(f, f if f in ("timestamp", "rating") else f"_f{i}")
+             for i, f in enumerate(fields)}
+    spec = {names[f]: pl.Float64 if names[f] in ("timestamp", "rating") and types[f] == "float" else pl.String
+            for f in fields}
+    lf = read_delimited(path, "\t", spec, header=line)
+    if not has_time:
+        lf = lf.with_columns(pl.int_range(pl.len()).cast(pl.Int64).alias("timestamp"))
+    keep = ["user", "item", "timestamp", *(["rating"] if "rating" in fields else []), *HELPERS]
+    return lf.select(keep), has_time
 
 
 def _sasrec(path: Path) -> tuple[pl.LazyFrame, bool]:
-    lf = _delimited(path, " ", ["user", "item"], [pl.Int64, pl.Int64])
-    return lf.with_row_index("timestamp").with_columns(pl.col("timestamp").cast(pl.Int64)), False
+    lf = _delimited(path, " ", {"user": _INT, "item": _INT})
+    return lf.with_columns((pl.col("_line").cast(pl.Int64) - 1).alias("timestamp")), False  # line order = time
 
 
 def _s3rec(path: Path) -> tuple[pl.LazyFrame, bool]:
-    _check_utf8(path, _head(path))
-    parts = (
-        pl.scan_csv(
-            path,
-            separator=_SEP_NONE,
-            has_header=False,
-            new_columns=["line"],
-            quote_char=None,
-            schema_overrides={"line": pl.String},
-        )
-        .select(pl.col("line").str.strip_chars().str.split(" ").alias("f"))
-        .filter(pl.col("f").list.len() > 0)
-    )
+    check_utf8(path, head(path))
+    parts = scan_lines(path).with_columns(pl.col("_text").str.strip_chars().str.split(" ").alias("f"))
     lf = (
-        parts.select(pl.col("f").list.first().alias("user"), pl.col("f").list.slice(1).alias("item"))
-        .explode("item")
-        .filter(pl.col("item").is_not_null() & (pl.col("item") != ""))
-        .with_columns(pl.col("user").cast(pl.Int64), pl.col("item").cast(pl.Int64))
+        parts.select("_line", pl.col("f").list.first().alias("u"), pl.col("f").list.slice(1).alias("i"))
+        .explode("i")
+        .filter(pl.col("i").is_not_null() & (pl.col("i") != ""))
+        .with_columns(pl.col("u").cast(pl.Int64, strict=False).alias("user"),
+                      pl.col("i").cast(pl.Int64, strict=False).alias("item"))
+        .with_columns((pl.col("user").is_null() | pl.col("item").is_null()).alias("_bad"),
+                      pl.lit(False).alias("_header"), pl.lit(False).alias("_blank"))
         .with_row_index("timestamp")
         .with_columns(pl.col("timestamp").cast(pl.Int64))
     )
-    return lf, False
-
-
-_AUTO = "<auto>"
-
-
-def _generic(
-    path: Path,
-    kind: str,
-    user_col: str = "user",
-    item_col: str = "item",
-    time_col: str | None = _AUTO,
-    rating_col: str | None = _AUTO,
-    sep: str = ",",
-) -> tuple[pl.LazyFrame, bool]:
-    """Generic csv/parquet. ``time_col``/``rating_col`` default to ``timestamp``/``rating`` when such a
-    column exists (no timestamp column: the row order is the time order); None or "" means none."""
-    lf, names = _scan_csv(path, sep) if kind == "csv" else _scan_parquet(path)
-    if time_col == _AUTO:
-        time_col = "timestamp" if "timestamp" in names else None
-    if rating_col == _AUTO:
-        rating_col = "rating" if "rating" in names else None
-    rename = {user_col: "user", item_col: "item"}
-    if time_col:
-        rename[time_col] = "timestamp"
-    if rating_col:
-        rename[rating_col] = "rating"
-    _require(path, names, rename)
-    lf = lf.select([pl.col(k).alias(v) for k, v in rename.items()])
-    if not time_col:
-        return lf.with_columns(pl.int_range(pl.len()).cast(pl.Int64).alias("timestamp")), False
-    return lf.with_columns(_to_seconds(lf)), True
-
-
-def _scan_parquet(path: Path) -> tuple[pl.LazyFrame, list[str]]:
-    try:
-        lf = pl.scan_parquet(path)
-        return lf, lf.collect_schema().names()
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise DataError(f"{path}: not a Parquet file ({_first_line(e)})") from None
-
-
-def _scan_csv(path: Path, sep: str) -> tuple[pl.LazyFrame, list[str]]:
-    head = _head(path)
-    _check_utf8(path, head)
-    names = [c.strip().strip('"') for c in head.split(b"\n", 1)[0].decode("utf-8").rstrip("\r").split(sep)]
-    return pl.scan_csv(path, separator=sep, has_header=True, infer_schema_length=10_000), names
-
-
-def _with_header(path: Path, sep: str, rename: dict[str, str]) -> pl.LazyFrame:
-    lf, names = _scan_csv(path, sep)
-    _require(path, names, rename)
-    return lf.select([pl.col(k).alias(v) for k, v in rename.items()])
-
-
-def _require(path: Path, names: list[str], rename: dict[str, str]) -> None:
-    missing = [c for c in rename if c not in names]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(names) or 'none'}); "
-            f"name them with --user-col/--item-col/--time-col"
-        )
-
-
-def _to_seconds(lf: pl.LazyFrame) -> pl.Expr:
-    """Numeric timestamps pass through; strings are parsed as numbers or ISO dates (-> epoch seconds);
-    unparsable values become null and are reported by preprocessing."""
-    dt = lf.collect_schema()["timestamp"]
-    c = pl.col("timestamp")
-    if dt.is_numeric():
-        return c
-    if dt in (pl.Date, pl.Datetime) or isinstance(dt, pl.Datetime):
-        return c.cast(pl.Datetime("us")).dt.epoch("s")
-    s = c.cast(pl.String)
-    return pl.coalesce(
-        s.cast(pl.Int64, strict=False),
-        s.cast(pl.Float64, strict=False),
-        s.str.to_datetime(strict=False).dt.epoch("s"),
-    ).alias("timestamp")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return lf.select("user", "item", "timestamp", *HELPERS), False
 
 
 _READERS: dict[str, Callable[..., tuple[pl.LazyFrame, bool]]] = {
@@ -307,6 +187,6 @@ _READERS: dict[str, Callable[..., tuple[pl.LazyFrame, bool]]] = {
     "recbole": _recbole,
     "sasrec": _sasrec,
     "s3rec": _s3rec,
-    "csv": lambda p, **o: _generic(p, "csv", **o),
-    "parquet": lambda p, **o: _generic(p, "parquet", **o),
+    "csv": lambda p, **o: read_generic(p, "csv", **o),
+    "parquet": lambda p, **o: read_generic(p, "parquet", **o),
 }
