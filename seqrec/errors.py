@@ -32,8 +32,10 @@ def warn(message: str) -> None:
 
 
 def shorten(text: object, width: int = 200) -> str:
-    """``text`` on one line, at most ``width`` characters, cut at a word boundary (`` …`` marks a cut):
-    foreign error messages quoted in ours are never cut mid-word."""
-    import textwrap
-
-    return textwrap.shorten(" ".join(str(text).split()), width=width, placeholder=" …")
+    """``text`` on one line, cut to about ``width`` characters at a word boundary (a space or a field
+    separator) with "…": foreign messages and data lines quoted in ours are never cut mid-word."""
+    text = " ".join(line.strip() for line in str(text).splitlines() if line.strip())  # tabs kept: they tell
+    if len(text) <= width:
+        return text
+    cut = max(text.rfind(c, 0, width) for c in " \t,;:|")
+    return text[: cut if cut > 0 else width].rstrip(" \t,;:|") + "…"

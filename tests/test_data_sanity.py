@@ -19,8 +19,7 @@ import pytest
 
 from seqrec.cli import main
 from seqrec.data import load_dataset, load_frame
-from seqrec.data.sanity import shorten
-from seqrec.errors import DataError, SeqrecWarning
+from seqrec.errors import DataError, SeqrecWarning, shorten
 from tests.conftest import SHARED_DATA
 
 HEADER = "userId,movieId,rating,timestamp"
@@ -184,6 +183,7 @@ def test_fit_strict_refuses_the_data(capsys, tmp_path, twice):
 
 def test_shorten_cuts_at_a_word_boundary():
     assert shorten("short") == "short"
+    assert shorten("one\nline only") == "one line only"
     assert shorten("alpha beta gamma delta", 12) == "alpha beta…"
     assert shorten("1,2,3,4,5,6,7,8,9", 8) == "1,2,3,4…"
 

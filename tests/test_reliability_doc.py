@@ -6,7 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = {"R": "tests/test_reliability.py", "F": "tests/test_fuzz.py", "S": "tests/test_resume.py",
-          "D": "tests/test_data_cli.py", "P": "tests/test_data_prepared.py", "C": "tests/test_config.py"}
+          "D": "tests/test_data_cli.py", "P": "tests/test_data_prepared.py", "C": "tests/test_config.py",
+          "K": "tests/test_checksums.py", "U": "tests/test_recommend_cold.py", "Y": "tests/test_data_sanity.py"}
 # every test in these files is a fault or bad input and must have a row
 SUITE = ["tests/test_reliability.py", "tests/test_checksums.py", "tests/test_recommend_cold.py",
          "tests/test_data_sanity.py"]

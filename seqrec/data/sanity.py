@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from seqrec.data.lines import HELPERS, line_text
-from seqrec.errors import DataError, warn
+from seqrec.errors import DataError, shorten, warn
 
 BAD_SHARE = 0.10  # more than this share of the rows unparseable or without ids: the input is refused
 EMPTY_SHARE = 0.50  # an id column empty in more than this share of the rows: refused, naming the column
@@ -36,15 +36,6 @@ BLANK, HEADER, BAD, NO_ID, TIME = (
 )
 SINGULAR = {BLANK: "blank line", HEADER: "repeated header row", BAD: "unparseable row",
             NO_ID: "row without ids", TIME: "implausible timestamp"}
-
-
-def shorten(text: str, n: int = SHOW_CHARS) -> str:
-    """``text`` cut to at most about ``n`` characters at a word boundary (space or separator), + "…"."""
-    text = text.strip()
-    if len(text) <= n:
-        return text
-    cut = max(text.rfind(c, 0, n) for c in " \t,;:|")
-    return text[: cut if cut > 0 else n].rstrip() + "…"
 
 
 def _reasons(df: pl.DataFrame, has_time: bool) -> tuple[pl.Expr, list[tuple[str, pl.Expr]]]:
@@ -82,7 +73,7 @@ def _first(df: pl.DataFrame, flag: pl.Expr, where: tuple[str, Path | None], why:
         text = ", ".join(f"{c}={row[c]}" for c in values)
     missing = [c for c in values if row[c] is None]
     reason = f": bad or missing {', '.join(missing)}" if why and missing else ""
-    return f"{unit} {row['_line']}: {shorten(str(text))!r}{reason}"
+    return f"{unit} {row['_line']}: {shorten(text, SHOW_CHARS)!r}{reason}"
 
 
 def check(
