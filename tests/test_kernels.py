@@ -1,0 +1,23 @@
+"""The chunked top-k that SCE's bucket selection runs on: exact, ties by the lower index."""
+
+import pytest
+import torch
+
+from seqrec.losses.kernels import topk_rows_chunked
+
+
+def _reference(q: torch.Tensor, keys: torch.Tensor, k: int) -> torch.Tensor:
+    s = q @ keys.T  # small integers: exact in float32 whatever the blocking, and full of ties
+    return s.argsort(dim=1, descending=True, stable=True)[:, :k]
+
+
+@pytest.mark.parametrize("m, n_keys, k, chunk", [(7, 1000, 5, 64), (40, 5000, 64, None), (3, 10, 10, 4),
+                                                 (5, 300, 7, 7), (16, 20000, 256, 512)])
+@pytest.mark.parametrize("order", ["random", "rising", "falling"])
+def test_topk_rows_chunked_is_exact_with_ties_by_lower_index(m, n_keys, k, chunk, order):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-3, 4, (m, 8), generator=g).float()
+    keys = torch.randint(-3, 4, (n_keys, 8), generator=g).float()
+    if order != "random":  # every chunk beats the running thresholds (rising), or none does (falling)
+        keys = keys[(q[0] @ keys.T).argsort(descending=order == "falling", stable=True)]
+    assert torch.equal(topk_rows_chunked(q, keys, k, chunk=chunk), _reference(q, keys, k))
