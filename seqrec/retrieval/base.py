@@ -198,6 +198,9 @@ class Retriever:
         saved = {backend.renamed.get(k, k): v for k, v in meta["params"].items()}
         r = backend(**{k: v for k, v in saved.items() if k in backend.defaults and k != "gpu"})
         r.n_items, r.dim = meta["n_items"], meta["dim"]
+        if "exact_fallback" in saved:  # the outcome of build-time tuning (seqrec.retrieval.tune)
+            r._resolved["exact_fallback"] = bool(saved["exact_fallback"])
+            r.tuning = meta["tuning"]
         r._load_files(Path(path))
         r._built = True
         return r
@@ -221,8 +224,13 @@ class Retriever:
             self._configure()
         return self
 
-    def build(self, item_emb: Array) -> Retriever:
-        """Index ``item_emb`` float [C, d] (row c = catalog item c). Returns self."""
+    def build(self, item_emb: Array, queries: Array | None = None) -> Retriever:
+        """Index ``item_emb`` float [C, d] (row c = catalog item c). Returns self.
+
+        ``queries`` float [M, d]: sample query vectors an approximate backend tunes its search
+        parameter on (``seqrec.retrieval.tune``; default: a sample of ``item_emb``); exact backends
+        ignore them.
+        """
         emb = _as_matrix(item_emb, "item_emb")
         if emb.shape[0] == 0:
             raise SeqrecError("item_emb is empty: cannot build a retriever over 0 items")
@@ -230,6 +238,7 @@ class Retriever:
         self._resolved = {}
         self._build(emb)
         self._built = True
+        self._after_build(queries)
         return self
 
     def search(self, queries: Array, k: int, exclude: CSR | None = None, allow: Any = None,
@@ -272,7 +281,7 @@ class Retriever:
             self._save_files(tmp)
             write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "backend": self.name,
                                          "params": self.params, "n_items": self.n_items, "dim": self.dim,
-                                         "source": source})
+                                         "source": source, "tuning": getattr(self, "tuning", None)})
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old.{os.getpid()}")
@@ -295,6 +304,9 @@ class Retriever:
 
     def _configure(self) -> None:
         """Apply search-time parameters (after build, load or set_params)."""
+
+    def _after_build(self, queries: Array | None) -> None:
+        """Tune search-time parameters on sample ``queries`` (approximate backends)."""
 
     def _search(self, q: Array, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
@@ -334,7 +346,8 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
                         f"this seqrec reads {FORMAT_VERSION}")
-    return {"backend": backend, "params": params, "n_items": n_items, "dim": dim, "source": meta.get("source")}
+    return {"backend": backend, "params": params, "n_items": n_items, "dim": dim, "source": meta.get("source"),
+            "tuning": meta.get("tuning")}
 
 
 def embedding_digest(emb: np.ndarray) -> str:
