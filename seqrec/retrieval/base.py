@@ -198,9 +198,6 @@ class Retriever:
         saved = {backend.renamed.get(k, k): v for k, v in meta["params"].items()}
         r = backend(**{k: v for k, v in saved.items() if k in backend.defaults and k != "gpu"})
         r.n_items, r.dim = meta["n_items"], meta["dim"]
-        if "exact_fallback" in saved:  # the outcome of build-time tuning (seqrec.retrieval.tune)
-            r._resolved["exact_fallback"] = bool(saved["exact_fallback"])
-            r.tuning = meta["tuning"]
         r._load_files(Path(path))
         r._built = True
         return r
@@ -225,12 +222,8 @@ class Retriever:
         return self
 
     def build(self, item_emb: Array, queries: Array | None = None) -> Retriever:
-        """Index ``item_emb`` float [C, d] (row c = catalog item c). Returns self.
-
-        ``queries`` float [M, d]: sample query vectors an approximate backend tunes its search
-        parameter on (``seqrec.retrieval.tune``; default: a sample of ``item_emb``); exact backends
-        ignore them.
-        """
+        """Index ``item_emb`` float [C, d] (row c = catalog item c); approximate backends tune on sample
+        ``queries`` float [M, d] (``seqrec.retrieval.tune``; default: item rows). Returns self."""
         emb = _as_matrix(item_emb, "item_emb")
         if emb.shape[0] == 0:
             raise SeqrecError("item_emb is empty: cannot build a retriever over 0 items")
@@ -346,8 +339,7 @@ def load_meta(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
                         f"this seqrec reads {FORMAT_VERSION}")
-    return {"backend": backend, "params": params, "n_items": n_items, "dim": dim, "source": meta.get("source"),
-            "tuning": meta.get("tuning")}
+    return {"backend": backend, "params": params, "n_items": n_items, "dim": dim, "source": meta.get("source")}
 
 
 def embedding_digest(emb: np.ndarray) -> str:

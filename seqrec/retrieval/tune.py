@@ -18,14 +18,16 @@ faster than exact, search falls back to exact (``params["exact_fallback"]`` is T
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from seqrec.errors import ConfigError, SeqrecError, warn
-from seqrec.retrieval.base import Filters, _as_matrix
+from seqrec.retrieval.base import META_FILE, Filters, _as_matrix
 from seqrec.retrieval.exact import exact_topk
 
 DEFAULTS: dict[str, Any] = {"target_recall": 0.99, "tune_queries": 1000}
@@ -179,6 +181,12 @@ class Tunable:
                    f"{self.tune_param}={value} reaches it at {qps:.0f} q/s, exact does {exact_qps:.0f}")
             warn(f"retrieval backend '{self.name}': recall@{k} >= {target} is not reached faster than "
                  f"exact search ({why}, {n} sample queries): searching exactly")
+
+    def _load_files(self, directory: Path) -> None:
+        super()._load_files(directory)
+        meta = json.loads((directory / META_FILE).read_text())  # already checked by load_meta
+        self.tuning = meta.get("tuning")  # the outcome of build-time tuning, kept by save
+        self._resolved["exact_fallback"] = bool(meta["params"].get("exact_fallback", False))
 
     def _search(self, q: Any, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         if self.params.get("exact_fallback"):
