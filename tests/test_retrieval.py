@@ -242,9 +242,9 @@ def test_params_validation():
         build_retriever("faiss-ivf", nprobe=0).build(clustered(100, 0))
     with pytest.raises(ConfigError, match="cannot change after build"):
         build_retriever("faiss-hnsw").set_params(M=8)
-    r = build_retriever("faiss-ivf").build(clustered(200, 0))
+    r = build_retriever("faiss-ivf", target_recall=None).build(clustered(200, 0))  # untuned
     assert r.params["nlist"] == 5 and r.params["nprobe"] == 5  # 200 items: 4 sqrt(C) capped at C / 39
-    r = build_retriever("faiss-ivf").build(clustered(20000, 0))
+    r = build_retriever("faiss-ivf", target_recall=None).build(clustered(20000, 0))
     assert r.params["nlist"] == 512 and r.params["nprobe"] == 10
     assert r.set_params(nprobe=5).params["nprobe"] == 5 and r._index.nprobe == 5
 

@@ -11,6 +11,12 @@ are timed on those R queries; approximate backends on all queries; recall@k is m
 queries. qps is always queries per second of wall time for ``Retriever.search`` (k = 10, no
 filters), best of ``--repeats``. Memory is the index size (serialised FAISS index; torch: the
 float32 embedding matrix), not RSS.
+
+Approximate backends are built with their self-tuned defaults (``seqrec.retrieval.tune``: search
+parameter tuned to recall@10 0.99 on 1,000 of the queries not used for recall -- or on item
+embeddings when all are -- exact fallback otherwise); the
+row of that state has ``default`` True and ``tuned`` = the tuned setting or "exact fallback"
+(timed like an exact backend then), and a sweep of other settings follows.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ N_CENTRES = 1024
 EXACT_BUDGET = 2_000_000_000  # score entries (queries × items) for the exact ground truth
 
 SHOWN_PARAMS = ("nlist", "nprobe", "train_size", "M", "ef_construction", "ef_search")
-COLUMNS = ["embeddings", "catalog", "backend", "params", "default", "build_s", "qps", "speedup",
+COLUMNS = ["embeddings", "catalog", "backend", "params", "default", "tuned", "build_s", "qps", "speedup",
            "recall@10", "memory_mb"]
 
 
@@ -67,16 +73,25 @@ def timed_search(r: Retriever, q: np.ndarray, k: int, repeats: int) -> tuple[flo
 
 
 def settings(backend: str, r: Retriever) -> list[dict[str, Any]]:
-    """Search-time settings to sweep for a built index; the default one is included."""
+    """Search-time settings to sweep for a built index: around the untuned default (nprobe =
+    max(10, nlist/400), ef_search = 128), plus the tuned value."""
     p = r.params
     if backend == "faiss-ivf":
-        d = p["nprobe"]
+        d = r.default_nprobe(p["nlist"])
         grid = sorted(v for v in {max(1, d // 4), max(1, d // 2), d, 2 * d, 4 * d, 16 * d} if v <= p["nlist"])
-        return [{"nprobe": v} for v in grid]
+        return [{"nprobe": v} for v in sorted({*grid, p["nprobe"]})]
     if backend == "faiss-hnsw":
-        d = p["ef_search"]
-        return [{"ef_search": v} for v in sorted({16, 32, 64, d, 2 * d, 4 * d})]
+        d = 128
+        return [{"ef_search": v} for v in sorted({16, 32, 64, d, 2 * d, 4 * d, p["ef_search"]})]
     return [{}]
+
+
+def tuned_label(r: Retriever) -> str:
+    """"" for an exact backend, else the tuned setting ("nprobe=12") or "exact fallback"."""
+    t = getattr(r, "tuning", None)
+    if not t:
+        return ""
+    return "exact fallback" if t["exact_fallback"] else f"{t['param']}={t['value']}"
 
 
 def _measure(r: Retriever, backend: str, torch_r: Retriever, queries: np.ndarray, n_exact: int, k: int,
@@ -85,7 +100,7 @@ def _measure(r: Retriever, backend: str, torch_r: Retriever, queries: np.ndarray
     q_exact = queries[:n_exact]
     if backend == "torch":
         return torch_qps, truth, torch_qps
-    if r.exact:  # faiss-flat: alternate with torch so that both see the same machine load
+    if r.exact or r.params.get("exact_fallback"):  # faiss-flat, exact fallback: alternate with torch (same load)
         qps = 0.0
         for _ in range(repeats):
             torch_qps = max(torch_qps, timed_search(torch_r, q_exact, k, 1)[0])
@@ -113,23 +128,27 @@ def run_case(kind: str, n_items: int, dim: int, n_queries: int, backends: list[s
     torch_qps, truth = timed_search(torch_r, queries[:n_exact], k, repeats)
     for backend in backends:
         t0 = time.perf_counter()
-        r = torch_r if backend == "torch" else build_retriever(backend).build(items)
+        # tuning sample: queries not used for recall (held out), as evaluation would pass user vectors
+        held_out = queries[n_exact:] if n_exact < n_queries else None
+        r = torch_r if backend == "torch" else build_retriever(backend).build(items, queries=held_out)
         build_s = torch_build if backend == "torch" else time.perf_counter() - t0
         if r.name != backend:
             log(f"skip {backend}: not available (fell back to {r.name})")
             continue
-        defaults, mem = dict(r.params), index_mb(r)
-        for setting in settings(backend, r):
-            r.set_params(**setting)
+        mem, tuned = index_mb(r), tuned_label(r)
+        for setting in [None, *settings(backend, r)] if tuned else [{}]:
+            if setting is not None:
+                r.set_params(**setting)  # clears an exact fallback
             qps, ids, torch_qps = _measure(r, backend, torch_r, queries, n_exact, k, repeats, torch_qps, truth)
             shown = {key: v for key, v in r.params.items() if key in SHOWN_PARAMS}
-            rec = {**base, "backend": backend, "params": shown,
-                   "default": all(defaults.get(key) == v for key, v in setting.items()),
-                   "build_s": round(build_s, 3), "qps": round(qps, 1),
+            fallback = bool(r.params.get("exact_fallback"))
+            rec = {**base, "backend": backend, "params": shown, "default": not setting,
+                   "tuned": tuned if not setting else "", "build_s": round(build_s, 3), "qps": round(qps, 1),
                    f"recall@{k}": round(recall_at_k(ids, truth), 4), "memory_mb": round(mem, 1),
-                   "qps_queries": n_exact if r.exact else n_queries, "recall_queries": n_exact}
+                   "qps_queries": n_exact if r.exact or fallback else n_queries, "recall_queries": n_exact,
+                   "tuning": getattr(r, "tuning", None) if not setting else None}
             records.append(rec)
-            log(f"{kind:9s} C={n_items:>8d} {backend:10s} {shown} build {build_s:6.1f}s "
+            log(f"{kind:9s} C={n_items:>8d} {backend:10s} {shown} {rec['tuned']} build {build_s:6.1f}s "
                 f"{qps:9.0f} q/s recall@{k} {rec[f'recall@{k}']:.4f} {mem:7.1f} MB")
         del r  # free this index before the next one is built
     for rec in records:

@@ -221,8 +221,9 @@ class Retriever:
             self._configure()
         return self
 
-    def build(self, item_emb: Array) -> Retriever:
-        """Index ``item_emb`` float [C, d] (row c = catalog item c). Returns self."""
+    def build(self, item_emb: Array, queries: Array | None = None) -> Retriever:
+        """Index ``item_emb`` float [C, d] (row c = catalog item c); approximate backends tune on sample
+        ``queries`` float [M, d] (``seqrec.retrieval.tune``; default: item rows). Returns self."""
         emb = _as_matrix(item_emb, "item_emb")
         if emb.shape[0] == 0:
             raise SeqrecError("item_emb is empty: cannot build a retriever over 0 items")
@@ -230,6 +231,7 @@ class Retriever:
         self._resolved = {}
         self._build(emb)
         self._built = True
+        self._after_build(queries)
         return self
 
     def search(self, queries: Array, k: int, exclude: CSR | None = None, allow: Any = None,
@@ -272,7 +274,7 @@ class Retriever:
             self._save_files(tmp)
             write_json(tmp / META_FILE, {"format_version": FORMAT_VERSION, "backend": self.name,
                                          "params": self.params, "n_items": self.n_items, "dim": self.dim,
-                                         "source": source})
+                                         "source": source, "tuning": getattr(self, "tuning", None)})
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old.{os.getpid()}")
@@ -295,6 +297,9 @@ class Retriever:
 
     def _configure(self) -> None:
         """Apply search-time parameters (after build, load or set_params)."""
+
+    def _after_build(self, queries: Array | None) -> None:
+        """Tune search-time parameters on sample ``queries`` (approximate backends)."""
 
     def _search(self, q: Array, k: int, filters: Filters) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

@@ -29,6 +29,8 @@ from seqrec.errors import ConfigError, DataError, SeqrecError, shorten
 from seqrec.io import atomic_path
 from seqrec.retrieval.base import Filters, Retriever, sort_rows
 from seqrec.retrieval.exact import exact_topk
+from seqrec.retrieval.tune import DEFAULTS as TUNING
+from seqrec.retrieval.tune import Tunable
 
 
 def import_faiss() -> ModuleType | None:
@@ -220,20 +222,25 @@ class FaissFlatRetriever(FaissRetriever):
         return index
 
 
-class FaissIVFRetriever(FaissRetriever):
+class FaissIVFRetriever(Tunable, FaissRetriever):
     """Inverted file over k-means cells (``IndexIVFFlat``, inner product).
 
     ``nlist`` cells (default 4 sqrt(C), at most C / 39 so that k-means has enough points per cell);
     ``nprobe`` cells scanned per query (default max(10, nlist / 400): at 1M clustered items nlist=4000,
     nprobe=8 measured recall@10 0.984-0.988 and nprobe=16 0.994 -- see docs/retrieval.md); k-means is
     trained on ``train_size`` sampled items (default 64 per cell) for ``niter`` iterations, sampled
-    with ``seed``.
+    with ``seed``. ``nprobe`` is tuned at build time to ``target_recall`` (``seqrec.retrieval.tune``)
+    unless given or ``target_recall`` is None.
     """
 
     name = "faiss-ivf"
     search_time = (*FaissRetriever.search_time, "nprobe")
+    tune_param = "nprobe"
     defaults: dict[str, Any] = {**FaissRetriever.common, "nlist": None, "nprobe": None, "train_size": None,
-                                "niter": 10, "seed": 0}
+                                "niter": 10, "seed": 0, **TUNING}
+
+    def tune_range(self, k: int) -> tuple[int, int]:
+        return 1, int(self.params["nlist"])
 
     @staticmethod
     def default_nlist(n_items: int) -> int:
@@ -280,16 +287,22 @@ class FaissIVFRetriever(FaissRetriever):
         return index.reconstruct_n(0, self.n_items)
 
 
-class FaissHNSWRetriever(FaissRetriever):
+class FaissHNSWRetriever(Tunable, FaissRetriever):
     """Graph index ``IndexHNSWFlat`` with inner product (CPU only).
 
     ``M`` neighbours per node, ``ef_construction`` build beam, ``ef_search`` search beam (raised to
-    the fetch size when that is larger).
+    the fetch size when that is larger), tuned at build time to ``target_recall``
+    (``seqrec.retrieval.tune``) unless given or ``target_recall`` is None.
     """
 
     name = "faiss-hnsw"
     search_time = (*FaissRetriever.search_time, "ef_search")
-    defaults: dict[str, Any] = {**FaissRetriever.common, "M": 32, "ef_construction": 40, "ef_search": 128}
+    tune_param = "ef_search"
+    defaults: dict[str, Any] = {**FaissRetriever.common, "M": 32, "ef_construction": 40, "ef_search": 128,
+                                **TUNING}
+
+    def tune_range(self, k: int) -> tuple[int, int]:
+        return k, max(k, self.n_items)
 
     def _gpu_supported(self) -> bool:
         return False  # faiss has no GPU HNSW
