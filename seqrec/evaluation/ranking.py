@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from seqrec.data.store import SequenceStore
+from seqrec.evaluation.encode import encode_batches, encode_context, last_states
 from seqrec.evaluation.metrics import coverage, rank_metrics, target_ranks
 from seqrec.models.base import Encoder
 
@@ -27,25 +28,30 @@ def model_inputs(model: Encoder, history: SequenceStore, rows: np.ndarray, max_l
 
 @torch.no_grad()
 def user_vectors(model: Encoder, history: SequenceStore, max_len: int, batch_size: int = 1024,
-                 device: str | torch.device = "cpu") -> torch.Tensor:
+                 device: str | torch.device = "cpu", dtype: str = "float32") -> torch.Tensor:
     """Query vector (hidden state of the last position) of every row of ``history`` -> float32 [M, d].
 
     Rows are encoded in order of history length, so each batch is padded only to the longest of
     similar rows: on Amazon-like data (mean ~9 items, a few of 200) batches in row order would be
     padded to ~200 and spend >90% of the encoder on padding. The encoders are padding-invariant
     (right-aligned positions, padding keys masked), so the order does not change the vectors.
+    A batch holds at most ``batch_size`` rows and ``encode.ENCODE_TOKENS`` padded positions; only
+    the last position is computed where the model allows it (``encode.last_states``). ``dtype``:
+    "float32" (exact) or "bfloat16" (autocast, see ``encode.encode_context``).
     """
     was_training = model.training
     model.eval()
-    order = np.argsort(np.minimum(history.lengths, max_len), kind="stable")
-    out = []
-    for lo in range(0, len(history), batch_size):
-        rows = order[lo:lo + batch_size]
-        inp = torch.from_numpy(model_inputs(model, history, rows, max_len)).to(device)
-        out.append(model(inp)[:, -1].float().cpu())
+    lengths = np.minimum(history.lengths, max_len) + (0 if model.causal else 1)  # + BERT4Rec's mask slot
+    out, rows_done = [], []
+    with encode_context(dtype, device):
+        for rows in encode_batches(lengths, batch_size):
+            inp = torch.from_numpy(model_inputs(model, history, rows, max_len)).to(device)
+            out.append(last_states(model, inp).float().cpu())
+            rows_done.append(rows)
     model.train(was_training)
     if not out:
         return torch.zeros(0, model.d)
+    order = np.concatenate(rows_done)
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
     return torch.cat(out)[torch.from_numpy(back)]
