@@ -32,9 +32,10 @@ from seqrec.models.transformer import Block, _SelfAttentionEncoder
 ENCODE_TOKENS = 256 * 200
 
 
-def encode_batches(lengths: np.ndarray, max_users: int, tokens: int = ENCODE_TOKENS) -> Iterator[np.ndarray]:
-    """Rows in order of length, cut into batches of at most ``max_users`` rows and ``tokens`` padded
-    positions (batch size x its longest length; at least one row per batch) -> index arrays."""
+def encode_batches(lengths: np.ndarray, max_users: int, tokens: int | None = None) -> Iterator[np.ndarray]:
+    """Rows in order of length, cut into batches of at most ``max_users`` rows and ``tokens`` (default
+    ``ENCODE_TOKENS``) padded positions (rows x the batch's longest length; at least one row) -> index arrays."""
+    tokens = ENCODE_TOKENS if tokens is None else tokens
     order = np.argsort(lengths, kind="stable")
     lo = 0
     while lo < len(order):
