@@ -160,7 +160,7 @@ class SeqRec:
         m = evaluate(self.model_, self._evalset(data, split), max_len=self.model_.max_len, ks=list(e.ks),
                      retriever=self._retriever(retrieval, retrieval_params), filter_seen=e.filter_seen,
                      batch_size=e.batch_size, recall_sample=0 if metrics_only else e.recall_sample,
-                     seed=self.cfg_.train.seed)
+                     seed=self.cfg_.train.seed, encode_dtype=e.encode_dtype)
         return {k: v for k, v in m.items() if "@" in k and not k.startswith("retrieval")} if metrics_only else m
 
     def _evalset(self, data: Any, split: str) -> EvalSet:
@@ -180,7 +180,7 @@ class SeqRec:
         e = self.cfg_.eval
         return evaluation_ranks(self.model_, self._evalset(data, split), max_len=self.model_.max_len,
                                 k=int(k or max(e.ks)), retriever=self._retriever(None, None),
-                                filter_seen=e.filter_seen, batch_size=e.batch_size)
+                                filter_seen=e.filter_seen, batch_size=e.batch_size, encode_dtype=e.encode_dtype)
 
     def compare(self, *others: SeqRec, data: Any = None, split: str = "test",
                 metrics: tuple[str, ...] = ("ndcg@10", "hr@10"), resamples: int = 2000, level: float = 0.95,
@@ -208,11 +208,14 @@ class SeqRec:
         return self.model_.item_embeddings().detach().float().cpu().numpy()
 
     def _retriever(self, backend: str | None, params: dict | None) -> Any:
+        """The index to search: ``backend`` (else ``eval.retrieval``, "auto" resolved by catalog size,
+        see ``seqrec.evaluation.defaults``), the run's saved index of that backend when it fits."""
+        from seqrec.evaluation.defaults import retrieval_backend
         from seqrec.retrieval import build_retriever, reuse_index
 
-        name = backend or self.cfg_.eval.retrieval
-        p = (params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})) or {}
         emb = self.item_embeddings()
+        name = retrieval_backend(backend or self.cfg_.eval.retrieval, emb.shape[0])
+        p = (params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})) or {}
         saved = RunDir(self.path_).index(name) if self.path_ is not None else None
         return (saved and reuse_index(saved, p, emb, rebuild_hint=f"seqrec index build {self.path_} "
                                       f"--retrieval {name}")) or build_retriever(name, **p).build(emb)

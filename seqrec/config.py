@@ -73,7 +73,9 @@ class TrainConfig(_Section):
     checkpoint_every_steps: PosInt | None = None
     nan_policy: Literal["stop", "skip"] = "stop"  # skip: drop the step, at most max_nan_skips times
     max_nan_skips: NonNegInt = 10
-    valid_users: PosInt | None = None          # validate on a seeded random subset of this many users
+    # validation users: "auto" = all up to 50,000, else a seeded sample of 50,000
+    # (seqrec.evaluation.defaults.VALID_USERS_AUTO); N = a seeded sample of N; "all"/None = every user
+    valid_users: PosInt | Literal["auto", "all"] | None = "auto"
 
     @pydantic.field_validator("device")
     @classmethod
@@ -88,9 +90,12 @@ class EvalConfig(_Section):
     ks: list[PosInt] = [1, 5, 10, 20, 50]
     batch_size: PosInt = 1024                  # users per scoring batch
     filter_seen: Bool = True
-    retrieval: str = "torch"                   # a retrieval backend (seqrec.registry.RETRIEVERS)
-    retrieval_params: dict[str, Any] = {}
+    # a retrieval backend (seqrec.registry.RETRIEVERS), or "auto": exact torch below 200,000 items,
+    # faiss-ivf from there on (seqrec.evaluation.defaults.RETRIEVAL_AUTO_ITEMS)
+    retrieval: str = "auto"
+    retrieval_params: dict[str, Any] = {}      # the named backend's parameters (none with "auto")
     recall_sample: NonNegInt = 1000            # users sampled to report an approximate backend's recall
+    encode_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: faster, metrics change slightly
 
     @pydantic.field_validator("ks")
     @classmethod
@@ -130,8 +135,14 @@ class Config(BaseModel):
         named = (("model", MODELS, self.model), ("loss", LOSSES, self.loss))
         for sec, registry, section in named:  # every name first: a typo costs no import
             registry.check_name(section.name, where=f"{sec}.name")
-        RETRIEVERS.check_name(e.retrieval, where="eval.retrieval")
-        e.retrieval_params = RETRIEVERS.check_params(e.retrieval, e.retrieval_params, where="eval.retrieval_params")
+        if e.retrieval == "auto":
+            if e.retrieval_params:
+                raise ConfigError("eval.retrieval_params need a named backend (eval.retrieval=auto picks "
+                                  "torch or faiss-ivf by catalog size); set eval.retrieval too")
+        else:
+            RETRIEVERS.check_name(e.retrieval, where="eval.retrieval")
+            e.retrieval_params = RETRIEVERS.check_params(e.retrieval, e.retrieval_params,
+                                                         where="eval.retrieval_params")
         for sec, registry, section in named:
             for key, value in registry.check_params(section.name, section.params, where=sec).items():
                 setattr(section, key, value)

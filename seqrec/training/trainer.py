@@ -22,6 +22,7 @@ import torch
 from seqrec.data.store import EvalSet, PreparedData
 from seqrec.errors import SeqrecError
 from seqrec.evaluation import evaluate
+from seqrec.evaluation.defaults import valid_subset
 from seqrec.losses.base import Loss, LossContext
 from seqrec.rundir import RunDir
 from seqrec.training.batches import causal_batch, epoch_order, history_csr, make_windows, masked_batch
@@ -183,11 +184,9 @@ class Trainer:
         self.autocast = autocast(t.autocast, self.device)
 
     def _valid_subset(self) -> EvalSet:
-        v, n = self.data.valid, self.cfg.train.valid_users
-        if not n or n >= len(v):
-            return v
-        rows = np.sort(np.random.default_rng(int(self.cfg.train.seed) + 7).choice(len(v), size=int(n), replace=False))
-        return EvalSet(v.users[rows], v.history.subset(rows), v.targets[rows])
+        """The validation users of early stopping: all, or a fixed seeded sample (``train.valid_users``,
+        see ``seqrec.evaluation.defaults.valid_subset``)."""
+        return valid_subset(self.data.valid, self.cfg.train.valid_users, int(self.cfg.train.seed))
 
     def _start(self, resume: bool) -> TrainState:
         state = TrainState()
@@ -254,4 +253,5 @@ class Trainer:
         """Metrics of the current model on ``evalset`` (``cfg.eval`` settings; exact scoring)."""
         e = self.cfg.eval
         return evaluate(self.model, evalset, max_len=self.max_len, ks=list(e.ks), filter_seen=e.filter_seen,
-                        batch_size=e.batch_size, device=self.device, seed=int(self.cfg.train.seed))
+                        batch_size=e.batch_size, device=self.device, seed=int(self.cfg.train.seed),
+                        encode_dtype=e.encode_dtype)
