@@ -20,7 +20,7 @@ import polars as pl
 import torch
 
 from seqrec.config import Config, load_config, merge, set_dotted
-from seqrec.data.store import EvalSet, PreparedData
+from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, SeqrecError
 from seqrec.rundir import RunDir
 
@@ -156,9 +156,10 @@ class SeqRec:
         With an approximate backend the result also holds its recall vs exact search, unless ``metrics_only``."""
         from seqrec.evaluation import evaluate
 
-        e = self.cfg_.eval
-        m = evaluate(self.model_, self._evalset(data, split), max_len=self.model_.max_len, ks=list(e.ks),
-                     retriever=self._retriever(retrieval, retrieval_params), filter_seen=e.filter_seen,
+        e, evalset = self.cfg_.eval, self._evalset(data, split)
+        m = evaluate(self.model_, evalset, max_len=self.model_.max_len, ks=list(e.ks),
+                     retriever=self._retriever(retrieval, retrieval_params, evalset.history),
+                     filter_seen=e.filter_seen,
                      batch_size=e.batch_size, recall_sample=0 if metrics_only else e.recall_sample,
                      seed=self.cfg_.train.seed, encode_dtype=e.encode_dtype)
         return {k: v for k, v in m.items() if "@" in k and not k.startswith("retrieval")} if metrics_only else m
@@ -207,18 +208,28 @@ class SeqRec:
         self._check_fitted()
         return self.model_.item_embeddings().detach().float().cpu().numpy()
 
-    def _retriever(self, backend: str | None, params: dict | None) -> Any:
+    def _retriever(self, backend: str | None, params: dict | None, users: SequenceStore | None = None) -> Any:
         """The index to search: ``backend`` (else ``eval.retrieval``, "auto" resolved by catalog size,
-        see ``seqrec.evaluation.defaults``), the run's saved index of that backend when it fits."""
+        see ``seqrec.evaluation.defaults``), the run's saved index of that backend when it fits. A new
+        approximate index tunes itself on the vectors of up to 1,000 of ``users`` (seeded sample)."""
+        from seqrec.evaluation import user_vectors
         from seqrec.evaluation.defaults import retrieval_backend
+        from seqrec.registry import RETRIEVERS
         from seqrec.retrieval import build_retriever, reuse_index
 
         emb = self.item_embeddings()
         name = retrieval_backend(backend or self.cfg_.eval.retrieval, emb.shape[0])
         p = (params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})) or {}
         saved = RunDir(self.path_).index(name) if self.path_ is not None else None
-        return (saved and reuse_index(saved, p, emb, rebuild_hint=f"seqrec index build {self.path_} "
-                                      f"--retrieval {name}")) or build_retriever(name, **p).build(emb)
+        hint = f"seqrec index build {self.path_} --retrieval {name}"
+        reused = saved and reuse_index(saved, p, emb, rebuild_hint=hint)
+        if reused:
+            return reused
+        queries = None
+        if users is not None and len(users) and not RETRIEVERS.get(name).exact:
+            rows = np.sort(np.random.default_rng(self.cfg_.train.seed).permutation(len(users))[:1000])
+            queries = user_vectors(self.model_, users.subset(rows), self.model_.max_len, self.cfg_.eval.batch_size)
+        return build_retriever(name, **p).build(emb, queries=queries)
 
     def build_index(self, retrieval: str = "faiss-hnsw", params: dict | None = None) -> tuple[Path, dict[str, Any]]:
         """Build a ``retrieval`` index over the item embeddings and save it in this model's directory
