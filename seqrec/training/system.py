@@ -88,6 +88,34 @@ def trim_heap() -> bool:
 
 _MALLOC_TRIM: Any = None
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_HEAP_KEPT: bool | None = None  # tune_allocator's result, once per process
+
+
+def tune_allocator() -> bool:
+    """Keep freed C-heap memory for reuse between training steps; True where applied (glibc).
+
+    A step allocates and frees the same large buffers every time (full CE: five [N, C] float32
+    buffers, 350 MB each on ML-1M). glibc serves blocks above M_MMAP_THRESHOLD (at most 32 MiB)
+    with a fresh mmap and unmaps them on free, and gives the heap's top back above M_TRIM_THRESHOLD,
+    so every step faulted its buffers in anew: on ML-1M ``ce`` ~250k minor faults and a third of
+    the CPU time in the kernel. With M_MMAP_MAX=0 every block comes from the heap and with
+    M_TRIM_THRESHOLD=-1 (man mallopt: "disables trimming") free never shrinks it, so the next step
+    reuses mapped pages. RSS then holds the step's high-water mark (the peak, which it reached
+    anyway); ``trim_heap()`` at each epoch end still returns every free page. Numbers do not
+    change: only where the buffers live. Idempotent; a no-op (False) off glibc.
+    """
+    global _HEAP_KEPT
+    if _HEAP_KEPT is None:
+        try:
+            mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+        except (OSError, TypeError):  # no C library handle (e.g. Windows)
+            mallopt = None
+        # musl and macOS have no mallopt; glibc returns 1 on success
+        _HEAP_KEPT = bool(mallopt and mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1)
+    return _HEAP_KEPT
+
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size in MB (Linux reports ``ru_maxrss`` in kB)."""

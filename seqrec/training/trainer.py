@@ -29,7 +29,8 @@ from seqrec.training.callbacks import Callback, TrainingInterrupted, default_cal
 from seqrec.training.checkpoint import save_checkpoint
 from seqrec.training.memory import check_fits
 from seqrec.training.state import TrainState, capture, load_resume, restore
-from seqrec.training.system import autocast, peak_rss_mb, resolve_device, seed_everything, trim_heap
+from seqrec.training.system import (autocast, peak_rss_mb, resolve_device, seed_everything, trim_heap,
+                                   tune_allocator)
 
 __all__ = ["Trainer", "TrainingInterrupted", "seed_everything", "trim_heap"]
 
@@ -151,6 +152,7 @@ class Trainer:
         if t.num_threads:
             torch.set_num_threads(int(t.num_threads))
         seed_everything(int(t.seed))
+        tune_allocator()  # no per-step mmap/munmap of the large buffers (system.py)
         model.to(self.device)
         if not model.trainable:
             return
