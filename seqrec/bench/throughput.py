@@ -14,8 +14,9 @@ process, one loss after the other. A step is cut into the parts ``Trainer._step`
 Splitting the backward this way computes the same gradients as ``fit``'s single ``backward()``
 (summed in another order) at no extra cost. Timings are wall clock (``perf_counter``; CUDA is
 synchronised at each part's end). Per loss: tokens/s (target positions N per second of the whole
-step), each part's seconds per step and share of the step, and the process's system CPU time and
-minor page faults per step (``getrusage``: large buffers that are mapped afresh every step show up
+step), each part's seconds per step and share of the step, and the process's CPU time (user +
+system: on a loaded machine a steadier figure than wall time), system CPU time and minor page faults
+per step (``getrusage``: large buffers that are mapped afresh every step show up
 here), the RSS high-water mark of the timed steps (VmHWM, Linux) and whether
 ``seqrec.training.system.tune_allocator`` applied (glibc).
 
@@ -33,7 +34,8 @@ from typing import Any
 
 PARTS = ("data", "encoder_fwd", "loss_fwd", "loss_bwd", "encoder_bwd", "optimizer")
 COLUMNS = ["loss", "steps", "tokens_per_step", "tokens_per_s", "step_s", *(f"share_{p}" for p in PARTS),
-           "sys_s_per_step", "minflt_per_step", "peak_rss_mb", "allocator_tuned", "threads", "autocast"]
+           "cpu_s_per_step", "sys_s_per_step", "minflt_per_step", "peak_rss_mb", "allocator_tuned", "threads",
+           "autocast"]
 
 
 class Laps:
@@ -91,8 +93,9 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
     import torch
 
     from seqrec.bench._loss_case import _reset_peak, _status_mb
-    from seqrec.training.system import tune_allocator
+    from seqrec.training.system import trim_heap, tune_allocator
 
+    trim_heap()  # the previous loss's freed heap (kept by tune_allocator) must not count as this one's RSS
     trainer = _trainer(cfg, data)
     cuda = trainer.device.type == "cuda"
     laps = Laps(torch.cuda.synchronize if cuda else lambda: None)
@@ -105,7 +108,7 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
             laps.totals = dict.fromkeys(PARTS, 0.0)
             _reset_peak()
             r0 = resource.getrusage(resource.RUSAGE_SELF)
-        laps.start()
+        laps.start()  # CPU time per step below is this interval's (user + system) time
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     step_s = sum(laps.totals.values()) / max(n, 1)
     rec: dict[str, Any] = {
@@ -114,7 +117,9 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
     for p in PARTS:
         rec[f"{p}_s"] = round(laps.totals[p] / max(n, 1), 5)
         rec[f"share_{p}"] = round(laps.totals[p] / max(step_s * n, 1e-12), 4)
-    rec.update(sys_s_per_step=round((r1.ru_stime - r0.ru_stime) / max(n, 1), 4),
+    cpu_s = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    rec.update(cpu_s_per_step=round(cpu_s / max(n, 1), 4),
+               sys_s_per_step=round((r1.ru_stime - r0.ru_stime) / max(n, 1), 4),
                minflt_per_step=round((r1.ru_minflt - r0.ru_minflt) / max(n, 1)),
                peak_rss_mb=_status_mb("VmHWM"), allocator_tuned=tune_allocator(),
                threads=torch.get_num_threads(), autocast=cfg.train.autocast or "")
