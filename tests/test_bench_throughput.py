@@ -79,3 +79,21 @@ def test_tune_allocator_calls_mallopt_once(monkeypatch):
     monkeypatch.setattr(system.ctypes, "CDLL", Glibc)
     assert system.tune_allocator() is True and system.tune_allocator() is True
     assert calls == [(-4, 0), (-1, -1)]  # M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1, set once
+
+
+def _spy_trainer(monkeypatch, free_bytes):
+    from seqrec.api import SeqRec
+    from seqrec.training import trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "tune_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr(trainer_mod, "available_bytes", lambda device: (free_bytes, "test"))
+    monkeypatch.setattr(trainer_mod, "check_fits", lambda *a: None)
+    return calls, SeqRec
+
+
+@pytest.mark.parametrize("free_bytes, tuned", [(2**40, True), (1, False)])
+def test_trainer_keeps_the_heap_only_when_memory_is_not_tight(monkeypatch, tiny_overrides, free_bytes, tuned):
+    calls, SeqRec = _spy_trainer(monkeypatch, free_bytes)
+    SeqRec(overrides={**tiny_overrides, "train.epochs": 1}).fit(log=lambda s: None)
+    assert bool(calls) is tuned

@@ -17,8 +17,8 @@ synchronised at each part's end). Per loss: tokens/s (target positions N per sec
 step), each part's seconds per step and share of the step, and the process's CPU time (user +
 system: on a loaded machine a steadier figure than wall time), system CPU time and minor page faults
 per step (``getrusage``: large buffers that are mapped afresh every step show up
-here), the RSS high-water mark of the timed steps (VmHWM, Linux) and whether
-``seqrec.training.system.tune_allocator`` applied (glibc).
+here), the RSS high-water mark of the timed steps (VmHWM, Linux) and whether the trainer applied
+``seqrec.training.system.tune_allocator`` (glibc, memory not tight).
 
 Output: ``DIR/results.json`` (one flat record per loss, COLUMNS + ``<part>_s``), ``DIR/table.md``,
 ``DIR/throughput.png`` (a stacked bar of seconds per step by part, per loss).
@@ -93,7 +93,7 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
     import torch
 
     from seqrec.bench._loss_case import _reset_peak, _status_mb
-    from seqrec.training.system import trim_heap, tune_allocator
+    from seqrec.training.system import heap_kept, trim_heap
 
     trim_heap()  # the previous loss's freed heap (kept by tune_allocator) must not count as this one's RSS
     trainer = _trainer(cfg, data)
@@ -121,7 +121,7 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
     rec.update(cpu_s_per_step=round(cpu_s / max(n, 1), 4),
                sys_s_per_step=round((r1.ru_stime - r0.ru_stime) / max(n, 1), 4),
                minflt_per_step=round((r1.ru_minflt - r0.ru_minflt) / max(n, 1)),
-               peak_rss_mb=_status_mb("VmHWM"), allocator_tuned=tune_allocator(),
+               peak_rss_mb=_status_mb("VmHWM"), allocator_tuned=heap_kept(),
                threads=torch.get_num_threads(), autocast=cfg.train.autocast or "")
     return rec
 
