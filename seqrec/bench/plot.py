@@ -138,3 +138,24 @@ def retrieval_figure(records: Records, k: int) -> Figure:
     axes[0].legend(title="★ = default settings", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def throughput_figure(records: Records, parts: Sequence[str]) -> Figure:
+    """``bench throughput``: seconds per training step stacked by part, one bar per loss, tokens/s on top."""
+    fig, (ax,) = _figure(1, (max(5.5, 1.3 * len(records) + 3.5), 4.5))
+    if not records:
+        return _no_data(fig, ax, "Training step time by part")
+    labels = [f"{r['loss']}{' ' + r['autocast'] if r.get('autocast') else ''}" for r in records]
+    bottom = [0.0] * len(records)
+    for part in parts:
+        vals = [r[f"{part}_s"] for r in records]
+        ax.bar(labels, vals, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    for x, (top, r) in enumerate(zip(bottom, records, strict=True)):
+        ax.text(x, top, f"{r['tokens_per_s']:,.0f} tok/s", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("seconds per step")
+    ax.set_ylim(0, max(bottom) * 1.12)  # room for the tokens/s labels
+    ax.set_title("Training step time by part")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
+    fig.tight_layout()
+    return fig

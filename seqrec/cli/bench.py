@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from seqrec.bench.fidelity import DEFAULT_SPECS
+from seqrec.cli.options import overrides, set_option
 from seqrec.errors import ConfigError
 from seqrec.registry import LOSSES, RETRIEVERS
 
@@ -223,5 +224,29 @@ def evaluation(dataset: str, data_dir: str | None, fmt: str | None, run_dir: str
                                        names_list(backends, RETRIEVERS, "--backends"), repeats, log=_log)
     path = _finish(out, records, bench_evaluation.COLUMNS, "Full-catalog evaluation speed",
                    evaluation_figure(records), "evaluation.png")
+    click.echo((path / "table.md").read_text())
+    return 0
+
+
+@bench.command("throughput")
+@click.option("--config", default="sasrec-ml-1m-ce", show_default=True, help="Packaged config name or YAML file.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
+@click.option("--loss", "losses_", multiple=True,
+              help="Loss to time (repeatable), of: " + ", ".join(LOSSES.names()) + ". Default: ce, ce_chunked.")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=1), help="Timed steps per loss.")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="Untimed steps first.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="train.batch_size (default: config's).")
+@set_option("Config override for every loss, e.g. train.num_threads=1 or train.autocast=bf16 (repeatable).")
+@OUT
+def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], steps: int, warmup: int,
+               batch_size: int | None, sets: tuple[str, ...], out: Path) -> int:
+    """Tokens/s of training steps and the share of data, encoder, loss, backward and optimizer in each."""
+    from seqrec.bench import throughput as bench_throughput
+    from seqrec.bench.plot import throughput_figure
+
+    names = [LOSSES.check_name(n, "--loss") for n in losses_ or ("ce", "ce_chunked")]
+    records = bench_throughput.run_all(config, names, data_dir, steps, batch_size, warmup, overrides(sets), log=_log)
+    path = _finish(out, records, bench_throughput.COLUMNS, "Training step throughput by part",
+                   throughput_figure(records, bench_throughput.PARTS), "throughput.png")
     click.echo((path / "table.md").read_text())
     return 0

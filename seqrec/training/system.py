@@ -76,10 +76,7 @@ def trim_heap() -> bool:
     """
     global _MALLOC_TRIM
     if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", False)
-        except (OSError, TypeError):  # no C library handle (e.g. Windows)
-            _MALLOC_TRIM = False
+        _MALLOC_TRIM = _libc("malloc_trim") or False
     if not _MALLOC_TRIM:
         return False
     _MALLOC_TRIM(0)
@@ -87,6 +84,46 @@ def trim_heap() -> bool:
 
 
 _MALLOC_TRIM: Any = None
+
+
+def _libc(name: str) -> Any:
+    """The C library's function ``name``, or None (no C library handle, e.g. Windows; or not glibc)."""
+    try:
+        return getattr(ctypes.CDLL(None), name, None)
+    except (OSError, TypeError):
+        return None
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_HEAP_KEPT: bool | None = None  # tune_allocator's result, once per process
+
+
+def tune_allocator() -> bool:
+    """Keep freed C-heap memory for reuse between training steps; True where applied (glibc).
+
+    A step allocates and frees the same large buffers every time (full CE: five [N, C] float32
+    buffers, 350 MB each on ML-1M). glibc serves blocks above M_MMAP_THRESHOLD (at most 32 MiB)
+    with a fresh mmap and unmaps them on free, and gives the heap's top back above M_TRIM_THRESHOLD,
+    so every step faulted its buffers in anew: on ML-1M ``ce`` ~250k minor faults and a third of
+    the CPU time in the kernel. With M_MMAP_MAX=0 every block comes from the heap and with
+    M_TRIM_THRESHOLD=-1 (man mallopt: "disables trimming") free never shrinks it, so the next step
+    reuses mapped pages (ML-1M ``ce`` epoch 1.5x faster, bit-identical). The price: the kept heap
+    fragments across batches of varying size, so the peak RSS rises (ML-1M ``ce``: 2.0 -> 2.9 GB,
+    stable from the second epoch on); the trainer applies it only when memory is not tight.
+    ``trim_heap()`` at each epoch end still returns every free page. Numbers do not change: only
+    where the buffers live. Process-wide and idempotent; a no-op (False) off glibc.
+    """
+    global _HEAP_KEPT
+    if _HEAP_KEPT is None:
+        mallopt = _libc("mallopt")
+        # musl and macOS have no mallopt; glibc returns 1 on success
+        _HEAP_KEPT = bool(mallopt and mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1)
+    return _HEAP_KEPT
+
+
+def heap_kept() -> bool:
+    """Whether ``tune_allocator`` has been applied in this process (it is not applied here)."""
+    return bool(_HEAP_KEPT)
 
 
 def peak_rss_mb() -> float:
