@@ -134,6 +134,9 @@ class SeqRec:
             self.cfg_ = Config.from_tree({**self.get_config(),  # every model parameter, defaults too
                                           "model": {"name": self.cfg_.model.name, **self.model_.get_params()}})
             if run is not None:
+                if not resume and run.path.is_dir() and any(c.name != ".lock" for c in run.path.iterdir()):
+                    raise SeqrecError(f"run directory {run.path} is not empty: pass resume=True to continue it, "
+                                      "or train into a new directory")
                 if resume and run.is_run():  # what the resume changes goes to the log and metrics.jsonl
                     callbacks = [*callbacks, *ResumeNote.between(run.read_config(), self.get_config())]
                 run.write_config(self.get_config())
@@ -178,9 +181,9 @@ class SeqRec:
         ``eval.ks``) of the whole catalog, seen items filtered as in ``evaluate`` -> int [M]; -1 = not in the top k."""
         from seqrec.evaluation import evaluation_ranks
 
-        e = self.cfg_.eval
-        return evaluation_ranks(self.model_, self._evalset(data, split), max_len=self.model_.max_len,
-                                k=int(k or max(e.ks)), retriever=self._retriever(None, None),
+        e, evalset = self.cfg_.eval, self._evalset(data, split)
+        return evaluation_ranks(self.model_, evalset, max_len=self.model_.max_len,
+                                k=int(k or max(e.ks)), retriever=self._retriever(None, None, evalset.history),
                                 filter_seen=e.filter_seen, batch_size=e.batch_size, encode_dtype=e.encode_dtype)
 
     def compare(self, *others: SeqRec, data: Any = None, split: str = "test",
@@ -218,7 +221,7 @@ class SeqRec:
         from seqrec.retrieval import build_retriever, reuse_index
 
         emb = self.item_embeddings()
-        name = retrieval_backend(backend or self.cfg_.eval.retrieval, emb.shape[0])
+        name = retrieval_backend(backend or self.cfg_.eval.retrieval, emb.shape[0], emb.shape[1])
         p = (params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})) or {}
         saved = RunDir(self.path_).index(name) if self.path_ is not None else None
         hint = f"seqrec index build {self.path_} --retrieval {name}"

@@ -676,3 +676,35 @@ def test_a_resume_refused_in_setup_leaves_the_run_as_it_was(finished, tmp_path, 
     rc, _, err = cli("fit", "--resume", run, "--set", "train.epochs=3", "--set", "train.lr=0.0005")
     one_line_error(rc, err, "one training step needs about")
     assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_the_api_applies_the_resume_rules_and_never_trains_into_a_used_directory(finished, tmp_path):
+    run = copy_run(finished, tmp_path / "r")
+    with pytest.raises(ConfigError, match="model.d cannot change when a run is resumed"):
+        SeqRec(config=str(run / "config.yaml"), overrides={"model.d": 32}).fit(run_dir=run, resume=True, **QUIET)
+    with pytest.raises(SeqrecError, match="is not empty: pass resume=True"):
+        SeqRec(overrides=OVER).fit(run_dir=run, **QUIET)
+
+
+def test_a_failing_user_teardown_still_restores_the_signal_handlers(tmp_path):
+    class Boom(Callback):
+        def teardown(self, trainer, state):
+            raise RuntimeError("user teardown failed")
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RuntimeError, match="user teardown failed"):
+        SeqRec(overrides=OVER).fit(run_dir=tmp_path / "r", callbacks=[Boom()], **QUIET)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_damaged_last_checkpoint_is_set_aside_and_a_missing_one_falls_back(finished, tmp_path):
+    from seqrec.rundir import RunDir
+    from seqrec.training.state import load_resume
+
+    run = RunDir(copy_run(finished, tmp_path / "r"))
+    meta = load_checkpoint(run.last)["meta"]
+    run.last.write_bytes(run.last.read_bytes()[:-100])  # damaged
+    logs: list[str] = []
+    assert load_resume(run, meta["fingerprint"], meta["n_items"], logs.append) is not None
+    assert not run.last.exists() and run.last.with_name("last.pt.damaged").exists() and "falling back" in logs[0]
+    assert load_resume(run, meta["fingerprint"], meta["n_items"], logs.append) is not None  # prev.pt alone

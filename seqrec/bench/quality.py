@@ -73,7 +73,7 @@ def fit_command(run_dir: Path, loss: str, seed: int, dataset: str, data_dir: str
     """The ``seqrec fit`` command line of one run (or its ``--resume`` when it was interrupted)."""
     fit = [sys.executable, "-m", "seqrec.cli", "fit"]
     if (run_dir / "config.yaml").exists():  # continue it; only budget settings may change on resume
-        from seqrec.cli.fit import RESUME_KEYS
+        from seqrec.training.state import RESUME_KEYS
 
         budget = [x for s in sets if s.split("=", 1)[0].strip() in RESUME_KEYS for x in ("--set", s)]
         return fit + ["--resume", str(run_dir)] + budget

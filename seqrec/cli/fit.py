@@ -12,12 +12,6 @@ import click
 from seqrec.cli.options import overrides, plugin_option, set_option
 from seqrec.errors import SeqrecError
 
-# what may change when a run is resumed: what it has computed so far stays valid (budgets, where it
-# runs, and the step's rate and guards: after a NaN stop a lower lr, clipping or the skip policy)
-RESUME_KEYS = ("train.epochs", "train.max_time_s", "train.patience", "train.num_threads",
-               "train.checkpoint_every_s", "train.checkpoint_every_steps", "train.device", "train.lr",
-               "train.grad_clip", "train.nan_policy", "train.max_nan_skips")
-
 
 def metrics_table(rows: dict[str, dict[str, float]], ks: list[int]) -> str:
     """Rows of metrics (hr/ndcg/mrr/coverage@k for ``ks``) as an aligned text table."""
@@ -66,14 +60,16 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
              "loss.name": loss, "train.device": device, "data.strict": strict}
     ov = {k: v for k, v in flags.items() if v is not None} | overrides(sets)
     if resume:
-        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out)) or overwrite:
+        if any(x is not None for x in (config, dataset, data_dir, fmt, model, loss, out, strict)) or overwrite:
+            from seqrec.training.state import RESUME_KEYS
+
             raise SeqrecError("--resume continues a run with its saved config; only --device and --set "
                               f"{'/'.join(k for k in RESUME_KEYS if k != 'train.device')} may change")
         run = RunDir(resume)
         cfg = _resume_config(run, ov)
         if cfg is None:
             return 0
-        preflight(cfg, check_data=False)
+        preflight(cfg)
         with run.lock():
             return _train(cfg, run, True, baseline, force)
     from seqrec.config import Config, load_tree
@@ -83,20 +79,16 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     if isinstance(tree["data"]["dataset"], str):  # before validation loads torch
         check_spec(tree["data"]["dataset"], tree["data"]["format"])
     cfg = Config.from_tree(tree)
-    preflight(cfg, check_data=False)
+    preflight(cfg)
     run = RunDir(out or Path("runs") / (f"{cfg.model.name}-{cfg.loss.name}-{Path(cfg.data.dataset).stem}-"
                                         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     with run.create(overwrite):
         return _train(cfg, run, False, baseline, force)
 
 
-def preflight(cfg: Any, check_data: bool = True) -> None:
-    """What can be checked before any data loads: the dataset can be found, the device exists."""
-    from seqrec.data import check_spec
-
-    if check_data:
-        check_spec(cfg.data.dataset, cfg.data.format)
-    from seqrec.training import resolve_device  # torch loads only once the rest is known to be valid
+def preflight(cfg: Any) -> None:
+    """The device exists (the dataset was checked before torch loaded: ``check_spec`` in ``fit``)."""
+    from seqrec.training import resolve_device
 
     resolve_device(cfg.train.device)
 
@@ -107,18 +99,17 @@ def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
 
     if not run.is_run():
         raise SeqrecError(f"--resume {run.path}: no config.yaml there (not a seqrec run directory)")
-    bad = [k for k in ov if k not in RESUME_KEYS]
-    if bad:
-        raise SeqrecError(f"--resume: {bad[0]} cannot change when a run is resumed (the checkpoint was computed "
-                          f"with it; start a new run instead); only --device and --set "
-                          f"{'/'.join(k for k in RESUME_KEYS if k != 'train.device')} may change")
     if run.results.exists() and not any(k != "train.device" for k in ov):
         click.echo(f"run {run.path} is already finished (extend it with --set train.epochs=... or "
                    "train.max_time_s=...)")
         click.echo(metrics_table(json.loads(run.results.read_text()), [10, 20, 50]))
         return None
-    cfg = Config.from_tree(run.read_config())
-    return cfg.with_overrides(ov) if ov else cfg
+    from seqrec.training.state import resume_changes
+
+    saved = run.read_config()
+    cfg = Config.from_tree(saved).with_overrides(ov) if ov else Config.from_tree(saved)
+    resume_changes(saved, cfg.to_dict())  # refuses, naming it, a setting the checkpoint was computed with
+    return cfg
 
 
 def _train(cfg: Any, run: Any, resume: bool, baseline: bool, force: bool) -> int:

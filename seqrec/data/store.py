@@ -138,12 +138,6 @@ class PreparedData:
     def n_users(self) -> int:
         return len(self.user_ids)
 
-    def user_rows(self, raw: Any) -> tuple[np.ndarray, list]:
-        """Raw user ids -> (user indices int64 [M] of the known ones, in order; the unknown raw ids)."""
-        index = {r: i for i, r in enumerate(self.user_ids.tolist())}
-        raw = list(raw)
-        return np.array([index[u] for u in raw if u in index], dtype=np.int64), [u for u in raw if u not in index]
-
     def catalog_ids(self, raw: Any) -> np.ndarray:
         """Raw item ids -> catalog ids int64 (model id - 1) of those in the catalog, in order."""
         index = {r: i - 1 for i, r in enumerate(self.item_ids.tolist()) if i > 0}

@@ -46,8 +46,9 @@ def valid_subset(valid: EvalSet, setting: ValidUsers, seed: int) -> EvalSet:
     return EvalSet(valid.users[rows], valid.history.subset(rows), valid.targets[rows])
 
 
-def retrieval_backend(setting: str, n_items: int) -> str:
-    """The backend ``eval.retrieval`` = ``setting`` means for a catalog of ``n_items`` items."""
+def retrieval_backend(setting: str, n_items: int, dim: int = 2) -> str:
+    """The backend ``eval.retrieval`` = ``setting`` means for a catalog of ``n_items`` items of
+    ``dim``-dimensional embeddings (a 1-d one, as ``pop``'s, has one order for all users: exact)."""
     if setting != "auto":
         return setting
-    return APPROXIMATE_BACKEND if n_items >= RETRIEVAL_AUTO_ITEMS else "torch"
+    return APPROXIMATE_BACKEND if n_items >= RETRIEVAL_AUTO_ITEMS and dim > 1 else "torch"

@@ -102,7 +102,7 @@ def _search(model: Encoder, evalset: Any, max_len: int, k: int, retriever: Any, 
     from seqrec.retrieval import build_retriever
 
     if retriever is None:
-        retriever = build_retriever("torch").build(model.item_embeddings().detach().float().cpu())
+        retriever = build_retriever("torch", device=str(device)).build(model.item_embeddings().detach().float().cpu())
     queries = user_vectors(model, evalset.history, max_len, batch_size, device, encode_dtype)
     exclude = (evalset.history.offsets, evalset.history.items - 1) if filter_seen else None
     _, ids = retriever.search(queries, k, exclude=exclude)

@@ -65,6 +65,9 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
     if c == 0 or m == 0:
         return out_s, out_i
     kk = min(k, c)
+    if emb.shape[1] == 1:  # rank one: scores q * e order the catalog the same way for every q > 0
+        bv, bi = _rank_one_topk(emb[:, 0], queries[:, 0], kk, deny, excl_rows, excl_cols)
+        return _finish(out_s, out_i, bv, bi, ids_map)
     chunk = int(chunk_size or min(c, 32768))
     qbatch = max(1, int(memory_budget_mb * 2**20) // (4 * chunk))
     dev = emb.device
@@ -84,15 +87,49 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
                 row_starts = np.searchsorted(pc, np.arange(0, c + chunk, chunk))
                 pairs = (torch.from_numpy(pr).to(dev), torch.from_numpy(pc).to(dev), row_starts)
         best_v, best_i = _scan_chunks(queries[q0:q1], emb, kk, chunk, deny_t, pairs, buf)
-        bv = best_v.cpu().numpy()
-        bi = best_i.cpu().numpy()
-        if ids_map is not None:
-            bi = ids_map[bi]
-        bi[~np.isfinite(bv) & (bv < 0)] = -1
-        out_s[q0:q1, : bv.shape[1]] = bv
-        out_i[q0:q1, : bi.shape[1]] = bi
+        _finish(out_s[q0:q1], out_i[q0:q1], best_v, best_i, ids_map)
+    return out_s, out_i
+
+
+def _finish(out_s: np.ndarray, out_i: np.ndarray, best_v: torch.Tensor, best_i: torch.Tensor,
+            ids_map: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Write a block's top-k (rows of restricted-matrix ids) into the outputs as catalog ids, -1 / -inf
+    where a row ran out of eligible items."""
+    bv, bi = best_v.cpu().numpy(), best_i.cpu().numpy()
+    if ids_map is not None:
+        bi = ids_map[bi]
+    bi[~np.isfinite(bv) & (bv < 0)] = -1
+    out_s[:, : bv.shape[1]] = bv
+    out_i[:, : bi.shape[1]] = bi
     out_s[out_i < 0] = NEG_INF
     return out_s, out_i
+
+
+def _rank_one_topk(e: torch.Tensor, q: torch.Tensor, k: int, deny: np.ndarray, excl_rows: Any,
+                   excl_cols: Any, block: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of q_m * e_c for 1-d item scores e [C] and queries q [M]: rows with q > 0 take the
+    catalog in descending order of e, q < 0 ascending, q = 0 by id; each row skips its excluded items.
+    O(C log C + M (k + excluded)) instead of M x C scores (the popularity baseline at 1M items)."""
+    c, m = e.shape[0], q.shape[0]
+    orders = torch.stack([e.argsort(stable=True), torch.arange(c, device=e.device),
+                          e.argsort(descending=True, stable=True)]).cpu()  # for sign(q) = -1, 0, 1
+    per_row = np.bincount(excl_rows, minlength=m) if excl_rows is not None else np.zeros(m, np.int64)
+    width = min(c, k + len(deny) + int(per_row.max(initial=0)))  # enough left after skipping
+    cand = orders[:, :width][(torch.sign(q).cpu().long() + 1)]  # [M, width]
+    bad = np.isin(cand.numpy(), deny)
+    if excl_rows is not None and len(excl_rows):
+        excluded = np.sort(excl_rows * (c + 1) + excl_cols)
+        for r0 in range(0, m, block):  # (row, item) keys, a block of rows at a time
+            keys = np.arange(r0, min(m, r0 + block))[:, None] * (c + 1) + cand[r0:r0 + block].numpy()
+            at = np.minimum(np.searchsorted(excluded, keys), len(excluded) - 1)  # excluded is sorted once
+            bad[r0:r0 + block] |= excluded[at] == keys
+    bad_t = torch.from_numpy(bad)
+    keep = (~bad_t).to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :k]  # first k good, in order
+    ids = cand.gather(1, keep).to(e.device)
+    vals = (q[:, None] * e[ids]).float()
+    vals[bad_t.gather(1, keep).to(e.device)] = float("-inf")
+    return vals, ids
+
 
 
 def _restrict(emb: torch.Tensor, filters: Filters | None, m: int) -> tuple[Any, ...]:

@@ -41,7 +41,7 @@ from seqrec.errors import SeqrecError
 from seqrec.io import write_text
 from seqrec.rundir import RunDir
 from seqrec.training.checkpoint import load_checkpoint, save_checkpoint
-from seqrec.training.state import Stop, StopReason, TrainState, checkpoint_meta
+from seqrec.training.state import Stop, StopReason, TrainState, checkpoint_meta, resume_changes
 
 if TYPE_CHECKING:
     from seqrec.training.trainer import Trainer
@@ -215,9 +215,13 @@ class SignalStop(Callback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+    def __init__(self) -> None:
         self.signum: int | None = None
-        self.saved: dict[int, Any] = {}
+        self.saved: dict[int, Any] = {}  # empty until on_fit_start: teardown then restores nothing
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        self.signum = None
+        self.saved = {}
         if threading.current_thread() is threading.main_thread():
             self.saved = {s: signal.getsignal(s) for s in self.SIGNALS}
             for s in self.SIGNALS:
@@ -260,9 +264,9 @@ class ResumeNote(Callback):
 
     @classmethod
     def between(cls, saved: dict[str, Any], now: dict[str, Any]) -> list[ResumeNote]:
-        """[ResumeNote] naming the train.* settings that differ between two config trees, or []."""
-        old, new = saved.get("train") or {}, now["train"]
-        diff = [f"train.{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+        """[ResumeNote] naming the settings that differ between a run's saved config tree and the one it
+        resumes with, or []; a ConfigError for a change a resume may not make (``state.resume_changes``)."""
+        diff = [f"{k} {old!r} -> {new!r}" for k, (old, new) in resume_changes(saved, now).items()]
         return [cls(", ".join(diff))] if diff else []
 
     def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,17 +104,20 @@ def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
 
 
 def load_resume(run: RunDir | None, fingerprint: str, n_items: int, log: Any) -> dict[str, Any] | None:
-    """The newest loadable ``last.pt`` of ``run`` (falls back to ``prev.pt`` if it is damaged); None if
-    the run has no checkpoint yet. A checkpoint of other data is refused."""
-    if run is None or not run.last.exists():
+    """The newest loadable ``last.pt`` of ``run``, else ``prev.pt`` (last.pt damaged, or missing after a
+    crash between the two renames of a checkpoint save); None if the run has no checkpoint yet. A
+    damaged last.pt is renamed ``last.pt.damaged`` so the next save cannot rotate it over prev.pt.
+    A checkpoint of other data is refused."""
+    if run is None or not (run.last.exists() or run.prev.exists()):
         return None
-    path = run.last
+    path = run.last if run.last.exists() else run.prev
     try:
         ck = load_checkpoint(path)
     except SeqrecError as e:
-        if not run.prev.exists():
+        if path == run.prev or not run.prev.exists():
             raise
         log(f"warning: {e}; falling back to {run.prev}")
+        os.replace(run.last, run.last.with_name("last.pt.damaged"))
         path = run.prev
         ck = load_checkpoint(path)
     check_compatible(ck, fingerprint, n_items, path)
@@ -132,3 +136,26 @@ def _upgrade(ck: dict[str, Any]) -> dict[str, Any]:
     s["stop"] = json.dumps({"kind": kind.value, "message": old} if old else None)
     ck["rng"]["python"] = ck.pop("python_rng")
     return ck
+
+
+# what may change when a run is resumed: what it has computed so far stays valid (budgets, where it
+# runs, and the step's rate and guards: after a NaN stop a lower lr, clipping or the skip policy)
+RESUME_KEYS = ("train.epochs", "train.max_time_s", "train.patience", "train.num_threads",
+               "train.checkpoint_every_s", "train.checkpoint_every_steps", "train.device", "train.lr",
+               "train.grad_clip", "train.nan_policy", "train.max_nan_skips")
+
+
+def resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{"section.key": (saved, now)} for every setting a resume changes; a ConfigError naming the
+    first one outside ``RESUME_KEYS`` (the checkpoint was computed with it)."""
+    from seqrec.errors import ConfigError
+
+    changes = {f"{sec}.{k}": ((saved.get(sec) or {}).get(k), v) for sec, values in now.items()
+               for k, v in values.items() if (saved.get(sec) or {}).get(k) != v}
+    bad = [k for k in changes if k not in RESUME_KEYS]
+    if bad:
+        raise ConfigError(f"--resume: {bad[0]} cannot change when a run is resumed (the checkpoint was computed "
+                          f"with it; start a new run instead); only --device and --set "
+                          f"{'/'.join(k for k in RESUME_KEYS if k != 'train.device')} may change")
+    return changes
+

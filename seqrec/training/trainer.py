@@ -89,7 +89,7 @@ class Trainer:
                 self.log(state.stop.message)
             self._call("on_fit_end", state)
         finally:
-            self._call("teardown", state)
+            self._teardown(state)
         return self._summary(state)
 
     def _train_epoch(self, state: TrainState) -> _EpochSums:
@@ -169,6 +169,18 @@ class Trainer:
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
+
+    def _teardown(self, state: Any) -> None:
+        """Every callback's ``teardown``, also after one of them fails (the first error is raised):
+        a user callback's failure must not leave seqrec's signal handlers installed."""
+        first: BaseException | None = None
+        for cb in self.callbacks:
+            try:
+                cb.teardown(self, state)
+            except BaseException as e:  # re-raised below, after the others ran
+                first = first or e
+        if first is not None:
+            raise first
 
     # ---------------------------------------------------------------- setup, state, summary
     def _setup(self) -> None:
