@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -212,45 +211,19 @@ class SeqRec:
         return self.model_.item_embeddings().detach().float().cpu().numpy()
 
     def _retriever(self, backend: str | None, params: dict | None, users: SequenceStore | None = None) -> Any:
-        """The index to search: ``backend`` (else ``eval.retrieval``, "auto" resolved by catalog size,
-        see ``seqrec.evaluation.defaults``), the run's saved index of that backend when it fits. A new
-        approximate index tunes itself on the vectors of up to 1,000 of ``users`` (seeded sample)."""
-        from seqrec.evaluation import user_vectors
-        from seqrec.evaluation.defaults import retrieval_backend
-        from seqrec.registry import RETRIEVERS
-        from seqrec.retrieval import build_retriever, reuse_index
+        """The index to search (``seqrec.indexing.model_retriever``)."""
+        from seqrec.indexing import model_retriever
 
-        emb = self.item_embeddings()
-        name = retrieval_backend(backend or self.cfg_.eval.retrieval, emb.shape[0], emb.shape[1])
-        p = (params if params is not None else (self.cfg_.eval.retrieval_params if backend is None else {})) or {}
-        saved = RunDir(self.path_).index(name) if self.path_ is not None else None
-        hint = f"seqrec index build {self.path_} --retrieval {name}"
-        reused = saved and reuse_index(saved, p, emb, rebuild_hint=hint)
-        if reused:
-            return reused
-        queries = None
-        if users is not None and len(users) and not RETRIEVERS.get(name).exact:
-            rows = np.sort(np.random.default_rng(self.cfg_.train.seed).permutation(len(users))[:1000])
-            queries = user_vectors(self.model_, users.subset(rows), self.model_.max_len, self.cfg_.eval.batch_size)
-        return build_retriever(name, **p).build(emb, queries=queries)
+        return model_retriever(self.model_, self.item_embeddings(), self.cfg_, self.path_, backend, params, users)
 
     def build_index(self, retrieval: str = "faiss-hnsw", params: dict | None = None) -> tuple[Path, dict[str, Any]]:
         """Build a ``retrieval`` index over the item embeddings and save it in this model's directory
         (``RUN/index/<backend>/``, reused by ``evaluate``/``recommend``) -> (directory, summary)."""
-        from seqrec.retrieval import build_retriever
-        from seqrec.retrieval.base import embedding_digest
+        from seqrec.indexing import save_index
 
         if self.path_ is None:
             raise SeqrecError("build_index needs a saved model: save(path) or SeqRec.load(path) first")
-        emb = self.item_embeddings()
-        retriever = build_retriever(retrieval, **(params or {}))
-        t0 = time.perf_counter()
-        retriever.build(emb)
-        build_s = time.perf_counter() - t0
-        # a fallback (faiss missing) saves under the backend actually built, so the name never lies
-        out = retriever.save(RunDir(self.path_).index(retriever.name), source=embedding_digest(emb))
-        return out, {"backend": retriever.name, "items": retriever.n_items, "dim": retriever.dim,
-                     "build_s": round(build_s, 3), "params": retriever.params}
+        return save_index(self.item_embeddings(), self.path_, retrieval, params)
 
     # ------------------------------------------------------------ recommend
     def recommend(self, users: Any = None, k: int = 10, filter_seen: bool = True, histories: Any = None,

@@ -29,6 +29,7 @@ from seqrec.training.batches import causal_batch, epoch_order, history_csr, make
 from seqrec.training.callbacks import Callback, TrainingInterrupted, default_callbacks
 from seqrec.training.checkpoint import save_checkpoint
 from seqrec.training.memory import available_bytes, check_fits, predicted_step
+from seqrec.training.optim import OptimizerFactory, build_optimizer
 from seqrec.training.state import TrainState, capture, load_resume, restore
 from seqrec.training.system import autocast, peak_rss_mb, resolve_device, seed_everything, trim_heap, tune_allocator
 
@@ -57,12 +58,15 @@ class Trainer:
 
     ``callbacks`` run before the built-ins (``callbacks.default_callbacks``); see ``callbacks.py``.
     ``force``: train even where the predicted step does not fit the free memory (``memory.check_fits``).
+    ``optimizer``: ``factory(model) -> Optimizer`` (default: ``optim.build_optimizer`` from ``cfg.train``).
     """
 
     def __init__(self, cfg: Any, model: torch.nn.Module, loss: Loss, data: PreparedData,
                  run: RunDir | None = None, log: Callable[[str], None] = print,
-                 callbacks: Sequence[Callback] = (), force: bool = False) -> None:
+                 callbacks: Sequence[Callback] = (), force: bool = False,
+                 optimizer: OptimizerFactory | None = None) -> None:
         self.cfg, self.model, self.loss, self.data, self.log, self.force = cfg, model, loss, data, log, force
+        self.optimizer_factory = optimizer or (lambda m: build_optimizer(m, cfg.train))
         self.run = RunDir(run) if run is not None else None
         self.device = resolve_device(cfg.train.device)
         self.fingerprint = data.meta.get("fingerprint", "")
@@ -213,9 +217,7 @@ class Trainer:
         if not model.causal:
             targets *= model.mask_prob
         self.mean_targets = max(float(targets.sum()) / self.n_batches, 1.0)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay) if params else None
+        self.optimizer = self.optimizer_factory(model)
         self.item_pop = torch.as_tensor(self.data.item_pop[1:], dtype=torch.float32, device=self.device)
         self.valid = self._valid_subset()
         self.autocast = autocast(t.autocast, self.device)
