@@ -159,3 +159,25 @@ def throughput_figure(records: Records, parts: Sequence[str]) -> Figure:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
     fig.tight_layout()
     return fig
+
+
+def scale_figure(records: Records) -> Figure:
+    """``bench scale``: seconds per step and peak RSS against the catalog size (log-log), a line per loss."""
+    fig, axes = _figure(2, (11, 4.2))
+    ran = [r for r in records if r.get("step_s")]
+    if not ran:
+        return _no_data(fig, axes[0], "Training at growing catalogs")
+    for ax, key, label in ((axes[0], "step_s", "seconds per training step"), (axes[1], "peak_rss_mb", "peak RSS, MB")):
+        for loss in dict.fromkeys(r["loss"] for r in ran):
+            pts = sorted((r["items"], r[key]) for r in ran if r["loss"] == loss and r.get(key))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=loss)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("catalog size (items)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("Step time")
+    axes[1].set_title("Peak RSS of the whole process")
+    fig.tight_layout()
+    return fig

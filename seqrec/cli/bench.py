@@ -250,3 +250,33 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
                    throughput_figure(records, bench_throughput.PARTS), "throughput.png")
     click.echo((path / "table.md").read_text())
     return 0
+
+
+@bench.command("scale")
+@click.option("--items", default="10000,100000,1000000", show_default=True, help="Catalog sizes, comma-separated.")
+@click.option("--loss", "losses_", default="sce,rece,ce_chunked,sampled_softmax,ce", show_default=True,
+              help="Losses, comma-separated, of: " + ", ".join(LOSSES.names()) + ".")
+@click.option("--users", default=200_000, show_default=True, type=click.IntRange(min=100), help="Users per data set.")
+@click.option("--budget", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Training seconds per case before validation.")
+@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per case.")
+@click.option("--valid-users", default=5000, show_default=True, type=click.IntRange(min=1),
+              help="Validation users (fixed seeded sample).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch threads per case (default: torch's).")
+@click.option("--cache", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the prepared data sets are kept (default: OUT/data).")
+@OUT
+def scale(items: str, losses_: str, users: int, budget: float, steps: int, valid_users: int, threads: int | None,
+          cache: Path | None, out: Path) -> int:
+    """Step time, epoch time, peak RSS and validation NDCG@10 after a budget, as the catalog grows."""
+    from seqrec.bench import scale as bench_scale
+    from seqrec.bench.common import int_list, names_list
+    from seqrec.bench.plot import scale_figure
+
+    sizes, names = int_list(items, "--items"), names_list(losses_, LOSSES, "--loss")
+    records = bench_scale.run_all(sizes, names, users, budget, steps, valid_users, cache or out / "data", threads,
+                                  log=_log)
+    path = _finish(out, records, bench_scale.COLUMNS, "Training at growing catalogs", scale_figure(records),
+                   "scale.png")
+    click.echo((path / "table.md").read_text())
+    return 0

@@ -3,6 +3,16 @@
 ``Trainer(optimizer=factory)`` takes any ``factory(model) -> torch.optim.Optimizer`` (fine-tuning
 builds its own: sparse updates for some weights, dense for the rest); checkpoints save and restore
 whatever it returns through ``state_dict`` / ``load_state_dict``.
+
+**Lazy item rows** (``train.lazy_items``). A step with a sampled objective (SCE, RECE, sampled
+softmax, BCE) touches a few thousand rows of a million-row item table, yet dense Adam reads and
+writes all C x d weights and both moments every step (at C = 1M, d = 64: 768 MB of state, ~0.5 s
+per step on this CPU). ``LazyAdam`` updates only the rows whose gradient is non-zero in the step,
+as ``torch.optim.SparseAdam`` and TensorFlow's LazyAdam do: an untouched row keeps its weights and
+its moments (dense Adam would still move it by its momentum), bias correction counts the table's
+steps. That is a different algorithm from Adam; ``auto`` turns it on only from
+``LAZY_ITEMS_AUTO`` items, where it was measured (docs/benchmarks.md). Weight decay on lazy rows
+is applied to touched rows only.
 """
 
 from __future__ import annotations
@@ -13,12 +23,68 @@ from typing import Any
 import torch
 
 OptimizerFactory = Callable[[torch.nn.Module], "torch.optim.Optimizer | None"]
+LAZY_ITEMS_AUTO = 200_000  # catalog size from which train.lazy_items=auto updates item rows lazily
+
+
+class LazyAdam(torch.optim.Adam):
+    """Adam (AdamW with ``decoupled_weight_decay=True``); the parameters of groups with ``lazy=True`` update only
+    the rows (dim 0) whose gradient has a non-zero entry. Everything else is ``torch.optim.Adam``."""
+
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        lazy = [(p, g) for g in self.param_groups if g.get("lazy") for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p, _ in lazy]
+        for p, _ in lazy:
+            p.grad = None  # the dense step skips parameters without a gradient
+        loss = super().step(closure)
+        for (p, group), grad in zip(lazy, grads, strict=True):
+            p.grad = grad
+            self._lazy_rows(p, grad, group)
+        return loss
+
+    def _lazy_rows(self, p: torch.Tensor, grad: torch.Tensor, group: dict[str, Any]) -> None:
+        rows = grad.ne(0).any(dim=1).nonzero().squeeze(1)  # [R] touched rows
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        if not len(rows):
+            return
+        b1, b2 = group["betas"]
+        lr, eps, wd, t = group["lr"], group["eps"], group["weight_decay"], float(state["step"])
+        w, g = p[rows], grad[rows]  # [R, d] copies
+        if wd and not group["decoupled_weight_decay"]:
+            g = g.add(w, alpha=wd)
+        m = state["exp_avg"][rows].mul_(b1).add_(g, alpha=1 - b1)
+        v = state["exp_avg_sq"][rows].mul_(b2).addcmul_(g, g, value=1 - b2)
+        state["exp_avg"][rows], state["exp_avg_sq"][rows] = m, v
+        if wd and group["decoupled_weight_decay"]:
+            w.mul_(1 - lr * wd)
+        denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+        p[rows] = w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+
+
+def lazy_items_on(setting: Any, n_items: int) -> bool:
+    """``train.lazy_items`` resolved for a catalog of ``n_items``."""
+    return n_items >= LAZY_ITEMS_AUTO if setting == "auto" else bool(setting)
 
 
 def build_optimizer(model: torch.nn.Module, train: Any) -> torch.optim.Optimizer | None:
-    """Adam or AdamW (``train.optimizer``) over the parameters that require grad (None if none)."""
+    """Adam or AdamW (``train.optimizer``) over the parameters that require grad (None if none); with
+    ``train.lazy_items`` on, the item table's rows update lazily (``LazyAdam``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         return None
-    opt_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    return opt_cls(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    kw = {"lr": train.lr, "betas": tuple(train.betas), "weight_decay": train.weight_decay}
+    table = getattr(model, "item_emb", None)
+    table = getattr(table, "weight", None)
+    n_items = int(getattr(model, "n_items", 0) or 0)
+    if table is None or not table.requires_grad or not lazy_items_on(getattr(train, "lazy_items", False), n_items):
+        opt_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+        return opt_cls(params, **kw)
+    rest = [p for p in params if p is not table]
+    groups = [{"params": rest}, {"params": [table], "lazy": True}] if rest else [{"params": [table], "lazy": True}]
+    return LazyAdam(groups, decoupled_weight_decay=train.optimizer == "adamw", **kw)
