@@ -33,7 +33,7 @@ from typing import Any
 
 COLUMNS = ["items", "loss", "step_s", "tokens_per_s", "share_loss", "share_optimizer", "epoch_s_projected",
            "trained_s", "epochs", "valid_ndcg@10", "pop_ndcg@10", "x_pop", "peak_rss_mb", "predicted_mb",
-           "lazy_items", "note"]
+           "lazy_items", "device", "cuda_peak_mb", "note"]
 
 
 def prepare(items: int, users: int, cache: Path, log: Callable[[str], None]) -> Path:
@@ -51,13 +51,13 @@ def prepare(items: int, users: int, cache: Path, log: Callable[[str], None]) -> 
     return path
 
 
-def _config(loss: str, budget: float, valid_users: int, threads: int | None) -> Any:
+def _config(loss: str, budget: float, valid_users: int, threads: int | None, device: str = "auto") -> Any:
     from seqrec.config import Config, load_config
 
     tree = load_config(None).to_dict()
     tree["loss"] = {"name": loss}
     tree["train"].update(max_time_s=float(budget), epochs=1000, valid_users=int(valid_users),
-                         checkpoint_every_s=None)
+                         checkpoint_every_s=None, device=device)
     if threads:
         tree["train"]["num_threads"] = int(threads)
     return Config.from_tree(tree)
@@ -76,7 +76,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from seqrec.registry import MODELS
     from seqrec.training.optim import lazy_items_on
 
-    cfg = _config(spec["loss"], spec["budget"], spec["valid_users"], spec.get("threads"))
+    cfg = _config(spec["loss"], spec["budget"], spec["valid_users"], spec.get("threads"), spec.get("device", "auto"))
     data = load_dataset(spec["data"])
     timed = measure_loss(cfg, data, int(spec["steps"]), warmup=1)
     trainer = _trainer(cfg, data)
@@ -86,18 +86,20 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     pop = MODELS.build("pop", data.n_items)
     pop.fit_popularity(data.item_pop)
     e = cfg.eval
-    pop_ndcg = evaluate(pop, trainer.valid, max_len=trainer.max_len, ks=[10], filter_seen=e.filter_seen,
-                        batch_size=e.batch_size, seed=int(cfg.train.seed))["ndcg@10"]
+    pop_ndcg = evaluate(pop.to(trainer.device), trainer.valid, max_len=trainer.max_len, ks=[10],
+                        filter_seen=e.filter_seen, batch_size=e.batch_size, device=trainer.device,
+                        seed=int(cfg.train.seed))["ndcg@10"]
     ndcg = trainer.evaluate(trainer.valid)["ndcg@10"]  # the weights fit() left: the best epoch's
     loss_share = timed["share_loss_fwd"] + timed["share_loss_bwd"]
+    cuda_mb = round(torch.cuda.max_memory_allocated() / 2**20) if trainer.device.type == "cuda" else None
     return {"items": data.n_items, "loss": cfg.loss.name, "step_s": timed["step_s"],
             "tokens_per_s": timed["tokens_per_s"], "share_loss": round(loss_share, 3),
             "share_optimizer": timed["share_optimizer"],
             "epoch_s_projected": round(timed["step_s"] * trainer.n_batches, 1),
             "trained_s": round(trained_s, 1), "epochs": info.get("epochs"), "valid_ndcg@10": round(ndcg, 5),
             "pop_ndcg@10": round(pop_ndcg, 5), "x_pop": round(ndcg / pop_ndcg, 2) if pop_ndcg else math.inf,
-            "peak_rss_mb": round(_status_mb("VmHWM") or 0.0), "lazy_items": lazy_items_on(cfg.train.lazy_items,
-                                                                                         data.n_items),
+            "peak_rss_mb": round(_status_mb("VmHWM") or 0.0), "device": trainer.device.type, "cuda_peak_mb": cuda_mb,
+            "lazy_items": lazy_items_on(cfg.train.lazy_items, data.n_items),
             "threads": torch.get_num_threads(), "note": ""}
 
 
@@ -115,25 +117,26 @@ def _predicted_mb(loss: str, items: int) -> float | None:
 
 
 def run_all(items: list[int], losses: list[str], users: int, budget: float, steps: int, valid_users: int,
-            cache: Path, threads: int | None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+            cache: Path, threads: int | None, log: Callable[[str], None] = print,
+            device: str = "auto") -> list[dict[str, Any]]:
     """A record per (catalog, loss): each case in a fresh ``python -m seqrec.bench.scale`` process."""
-    import torch
 
     from seqrec.training.memory import available_bytes
+    from seqrec.training.system import resolve_device
 
-    free = (available_bytes(torch.device("cpu")) or (None, ""))[0]
+    free = (available_bytes(resolve_device(device)) or (None, ""))[0]
     records = []
     for c in items:
         path = prepare(c, users, cache, log)
         for loss in losses:
             need = _predicted_mb(loss, c)
             if free is not None and need is not None and need * 2**20 > free:
-                records.append({"items": c, "loss": loss, "predicted_mb": need,
-                                "note": f"does not fit (predicted {need / 1024:.1f} GB, {free / 2**30:.1f} GB free)"})
+                records.append({"items": c, "loss": loss, "predicted_mb": need, "note": f"does not fit (predicted "
+                                f"{need / 1024:.1f} GB, {free / 2**30:.1f} GB free on {device})"})
                 log(f"{c:>9,} {loss:>16}: {records[-1]['note']}")
                 continue
             spec = {"data": str(path), "loss": loss, "budget": budget, "steps": steps,
-                    "valid_users": valid_users, "threads": threads}
+                    "valid_users": valid_users, "threads": threads, "device": device}
             proc = subprocess.run([sys.executable, "-m", "seqrec.bench.scale", json.dumps(spec)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:

@@ -265,9 +265,10 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch threads per case (default: torch's).")
 @click.option("--cache", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Where the prepared data sets are kept (default: OUT/data).")
+@click.option("--device", default="auto", show_default=True, help="train.device of every case (auto, cpu, cuda).")
 @OUT
 def scale(items: str, losses_: str, users: int, budget: float, steps: int, valid_users: int, threads: int | None,
-          cache: Path | None, out: Path) -> int:
+          cache: Path | None, device: str, out: Path) -> int:
     """Step time, epoch time, peak RSS and validation NDCG@10 after a budget, as the catalog grows."""
     from seqrec.bench import scale as bench_scale
     from seqrec.bench.common import int_list, names_list
@@ -275,7 +276,7 @@ def scale(items: str, losses_: str, users: int, budget: float, steps: int, valid
 
     sizes, names = int_list(items, "--items"), names_list(losses_, LOSSES, "--loss")
     records = bench_scale.run_all(sizes, names, users, budget, steps, valid_users, cache or out / "data", threads,
-                                  log=_log)
+                                  log=_log, device=device)
     path = _finish(out, records, bench_scale.COLUMNS, "Training at growing catalogs", scale_figure(records),
                    "scale.png")
     click.echo((path / "table.md").read_text())
