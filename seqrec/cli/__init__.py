@@ -50,8 +50,12 @@ VERBS = {"fit": "fit:fit", "evaluate": "evaluate:evaluate", "compare": "evaluate
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              lazy={verb: f"seqrec.cli.{target}" for verb, target in VERBS.items()})
 @click.version_option(__version__, prog_name="seqrec")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (drawn only when stderr is a terminal anyway).")
+def cli(quiet: bool) -> None:
     """Train, evaluate and serve transformer sequential recommenders."""
+    from seqrec.progress import set_quiet
+
+    set_quiet(quiet)
 
 
 def one_line(text: str) -> str:

@@ -20,14 +20,17 @@ from seqrec.cli.options import overrides, plugin_option, set_option
               help="Study directory: study.db, trials/NNN run directories, table.md, best.yaml.")
 @set_option("Config override applied to every trial, e.g. train.epochs=10 (repeatable).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the Optuna sampler.")
-@click.option("--quiet", is_flag=True, help="Only the trial lines and the summary (no epoch lines).")
+@click.option("--quiet", is_flag=True, help="Only the trial lines and the summary (no epoch lines, no bars).")
 @plugin_option
 def tune(config, space, trials, budget, out, sets, seed, quiet) -> int:
     """Search hyper-parameters with Optuna: TPE sampling, median pruning on validation NDCG@10,
     resumable (run the same command again to continue), the best config written as DIR/best.yaml."""
+    from seqrec.progress import set_quiet
     from seqrec.tune import check_optuna, run_tune
 
     check_optuna()
+    if quiet:
+        set_quiet()
 
     def log(line: str) -> None:
         if not (quiet and line.startswith("  [")):

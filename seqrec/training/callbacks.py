@@ -83,10 +83,10 @@ class ProgressBar(Callback):
     """A tqdm bar per epoch (disabled when stderr is not a terminal)."""
 
     def on_epoch_start(self, trainer: Trainer, state: TrainState) -> None:
-        from tqdm.auto import tqdm
+        from seqrec.progress import progress
 
-        self.bar = tqdm(total=trainer.n_batches, initial=state.step, desc=f"epoch {state.epoch + 1}",
-                        leave=False, disable=None)
+        self.bar = progress(total=trainer.n_batches, initial=state.step, desc=f"epoch {state.epoch + 1}",
+                            unit="step")
 
     def on_step_end(self, trainer: Trainer, state: TrainState, loss: float | None) -> None:
         self.bar.update(1)
