@@ -51,7 +51,7 @@ def progress(iterable: Iterable[Any] | None = None, *, total: float | None = Non
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial, file=sys.stderr,
-                disable=not enabled(), delay=_delay() if delay is None else delay, mininterval=0.2, dynamic_ncols=True)
+                disable=not enabled(), delay=_delay() if delay is None else delay, mininterval=0.2)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,8 @@
 What each tracker receives: the resolved config as parameters (dotted keys) when training starts;
 per step ``train/loss`` and ``train/tokens_per_s`` (target positions per second of that step); per
 epoch the metrics.jsonl record (``valid/ndcg@10``, ``epoch/loss``, ...); at the end the summary
-(best epoch, ``best/valid_ndcg@10``), with ``seqrec fit`` the final ``valid/*`` and ``test/*``
-metrics and the popularity baseline (``pop/test_*``), and the run directory's small files as
+(best epoch, ``best/valid_ndcg@10``), with ``seqrec fit`` the final ``final_valid/*`` and ``test/*``
+metrics and the popularity baseline's (``pop_test/*``), and the run directory's small files as
 artefacts (config.yaml, metrics.jsonl, results.json, train_info.json, baseline_pop.json, curves.png;
 not the checkpoints or model.pt).
 
@@ -66,6 +66,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         out.update(flatten(v, key + ".") if isinstance(v, dict) and v else {key: v})
     return out
+
+
+def final_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``seqrec fit``'s results {"valid", "test", "pop"} as tracker keys: ``final_valid/ndcg@10`` (apart
+    from the per-epoch ``valid/`` series), ``test/ndcg@10``, ``pop_test/ndcg@10``."""
+    prefix = {"valid": "final_valid", "pop": "pop_test"}
+    return {f"{prefix.get(s, s)}/{k}": float(v) for s, m in results.items() for k, v in m.items()}
 
 
 def _has_scheme(uri: str) -> bool:
@@ -136,7 +143,7 @@ class TensorBoardTracker(_Tracker):
         self.last_step = max(self.last_step, step)
 
     def results(self, results: dict[str, dict[str, float]]) -> None:
-        self.metrics({f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, self.last_step)
+        self.metrics(final_metrics(results), self.last_step)
 
     def close(self, ok: bool) -> None:
         self.writer.close()
@@ -178,7 +185,7 @@ class MlflowTracker(_Tracker):
                                                     for k, v in values.items()])
 
     def results(self, results: dict[str, dict[str, float]]) -> None:
-        self.metrics({f"{s}/{k}": v for s, m in results.items() for k, v in m.items()}, 0)
+        self.metrics(final_metrics(results), 0)
 
     def artefacts(self, run: Path, files: list[Path]) -> None:
         for f in files:
@@ -208,7 +215,7 @@ class WandbTracker(_Tracker):
         self.run.log(dict(values), step=self.step)
 
     def results(self, results: dict[str, dict[str, float]]) -> None:
-        self.run.summary.update({f"{s}/{k}": v for s, m in results.items() for k, v in m.items()})
+        self.run.summary.update(final_metrics(results))
 
     def artefacts(self, run: Path, files: list[Path]) -> None:
         for f in files:
