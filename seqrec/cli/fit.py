@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -147,7 +148,8 @@ def _train(cfg: Any, run: Any, resume: bool, baseline: bool, force: bool) -> int
         return 128 + e.signum
     except BaseException:
         if trackers is not None:
-            trackers.abort()
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                trackers.abort()
         raise
     if trackers is not None:
         trackers.finish(results)

@@ -55,6 +55,7 @@ def draw_curves(path: str | Path, history: list[dict[str, Any]], pop: dict[str, 
     into the PNG ``path`` (written atomically); ``pop``: the baseline's metrics, drawn as dashed lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -75,6 +76,8 @@ def draw_curves(path: str | Path, history: list[dict[str, Any]], pop: dict[str, 
         metric_ax.legend(fontsize=8, loc="best")
         for ax in (loss_ax, metric_ax):
             ax.grid(alpha=0.3)
+            if row == 0:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     fig.suptitle(title or f"{Path(path).parent.name}: {len(history)} epochs")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

@@ -244,6 +244,9 @@ class Trackers(Callback):
         if run is None and self.names and t.tracking_uri is None:
             raise ConfigError("train.loggers need a run directory (seqrec fit --out, SeqRec.fit(run_dir=...)) "
                               "or train.tracking_uri")
+        if run is None and t.tracking_uri and _has_scheme(t.tracking_uri) and set(self.names) - {"mlflow"}:
+            raise ConfigError(f"train.tracking_uri {t.tracking_uri!r} is an MLflow URI: without a run directory "
+                              "the other loggers need a directory (train.tracking_uri=DIR)")
         self.run = run
         self.open: list[_Tracker] = []
         self.active, self.ended = False, False
@@ -308,10 +311,13 @@ class Trackers(Callback):
             getattr(tr, method)(*args)
 
     def _close(self, ok: bool) -> None:
+        first: BaseException | None = None
         if self.run is not None and ok:
             files = [self.run.path / f for f in ARTEFACTS if (self.run.path / f).is_file()]
-            self._each("artefacts", self.run.path, files)
-        first: BaseException | None = None
+            try:
+                self._each("artefacts", self.run.path, files)
+            except BaseException as e:  # the trackers are closed all the same
+                first = e
         for tr in self.open:
             try:
                 tr.close(ok)
