@@ -127,3 +127,19 @@ def test_wandb_offline_run_inside_the_run_dir(tmp_path, tiny_overrides, monkeypa
     (offline,) = (run / "wandb").glob("offline-run-*")
     assert (offline / "files" / "config.yaml").exists()  # the run's artefacts
     assert next(offline.glob("run-*.wandb")).stat().st_size > 0
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run(tmp_path, tiny_overrides):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    run = tmp_path / "r"
+    ov = {**tiny_overrides, "train.epochs": 1, "train.loggers": ["mlflow"]}
+    assert main(["fit", *_sets(ov), "--no-baseline", "--out", str(run)]) == 0
+    assert main(["fit", "--resume", str(run), "--set", "train.epochs=2", "--no-baseline"]) == 0
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(tracking_uri=(run / "mlruns").as_uri())
+    (r,) = client.search_runs([client.get_experiment_by_name("seqrec").experiment_id])
+    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "valid/ndcg_at_10")) == [1, 2]
+    assert r.data.params["train.epochs"] == "1" and r.data.tags["seqrec.resumed_with"] == "train.epochs=2"
+    assert r.info.status == "FINISHED"

@@ -104,7 +104,7 @@ class _Tracker:
 class CsvTracker(_Tracker):
     """RUN/metrics.csv (the metrics.jsonl records, one row per epoch) and RUN/results.csv."""
 
-    def __init__(self, run: Path, name: str, where: str | None) -> None:
+    def __init__(self, run: Path, name: str, where: str | None, resumed: bool = False) -> None:
         self.run = run
 
     def history(self, records: list[dict[str, Any]]) -> None:
@@ -126,7 +126,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 class TensorBoardTracker(_Tracker):
     """Event files through ``torch.utils.tensorboard.SummaryWriter`` (needs the tensorboard package)."""
 
-    def __init__(self, run: Path, name: str, where: str | None) -> None:
+    def __init__(self, run: Path, name: str, where: str | None, resumed: bool = False) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         root = run / "tensorboard" if where is None or _has_scheme(where) else Path(where) / "tensorboard" / name
@@ -152,7 +152,7 @@ class TensorBoardTracker(_Tracker):
 class MlflowTracker(_Tracker):
     """One MLflow run (experiment ``seqrec``) through ``MlflowClient``: no global active run is touched."""
 
-    def __init__(self, run: Path, name: str, where: str | None) -> None:
+    def __init__(self, run: Path, name: str, where: str | None, resumed: bool = False) -> None:
         if where is None:
             uri = (run / "mlruns").resolve().as_uri()
         else:
@@ -164,7 +164,14 @@ class MlflowTracker(_Tracker):
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name("seqrec")
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment("seqrec")
-        self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+        tag, self.known = str(run.resolve()), {}
+        found = self.client.search_runs([exp_id], f"tags.`seqrec.run_dir` = '{tag}'", max_results=1,
+                                        order_by=["attributes.start_time DESC"]) if resumed and "'" not in tag else []
+        if found:  # a resumed training run goes on in its MLflow run
+            self.run_id, self.known = found[0].info.run_id, dict(found[0].data.params)
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(exp_id, run_name=name, tags={"seqrec.run_dir": tag}).info.run_id
 
     @staticmethod
     def _key(k: str) -> str:
@@ -173,9 +180,13 @@ class MlflowTracker(_Tracker):
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        items = [Param(k, v) for k, v in values.items() if k not in self.known]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+        changed = [f"{k}={v}" for k, v in values.items() if self.known.get(k, v) != v]
+        if changed:  # MLflow params are write-once: what a resume changed becomes a tag
+            self.client.set_tag(self.run_id, "seqrec.resumed_with", ", ".join(changed)[:5000])
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -198,7 +209,7 @@ class MlflowTracker(_Tracker):
 class WandbTracker(_Tracker):
     """A W&B run, offline unless ``WANDB_MODE`` says otherwise (``wandb sync DIR`` uploads it later)."""
 
-    def __init__(self, run: Path, name: str, where: str | None) -> None:
+    def __init__(self, run: Path, name: str, where: str | None, resumed: bool = False) -> None:
         import wandb
 
         root = run if where is None or _has_scheme(where) else Path(where)
@@ -255,10 +266,10 @@ class Trackers(Callback):
         if any(isinstance(cb, Trackers) and cb.active for cb in trainer.callbacks):
             return  # seqrec fit's own instance logs this run
         root = self.run.path if self.run is not None else Path(self.where or ".")
-        name = root.resolve().name
+        name, resumed = root.resolve().name, state.global_step > 0 or state.epoch > 0
         try:
             for n in self.names:
-                self.open.append(TRACKERS[n](root, name, self.where))
+                self.open.append(TRACKERS[n](root, name, self.where, resumed))
         except BaseException:
             self._close(False)
             raise
