@@ -220,10 +220,10 @@ def dry_run_report(cfg: Any, run: Path, resume: bool) -> int:
     click.echo(f"\ndata: {data.name}: {data.n_users:,} users, {data.n_items:,} items, "
                f"{len(data.train.items):,} "
                "training interactions")
-    step = fmt_bytes(need) if need is not None else "not predicted for this model/loss"
+    step = f"~{fmt_bytes(need)}" if need is not None else "not predicted for this model/loss"
     free = f"{fmt_bytes(have[0])} of {have[1]}" if have else "unknown"
     verdict = "" if need is None or have is None else ("  (fits)" if need <= have[0] else "  (does NOT fit: "
                                                                                            "fit would refuse it)")
-    click.echo(f"memory: one training step ~{step} on {device}; free {free}{verdict}")
+    click.echo(f"memory: one training step {step} on {device}; free {free}{verdict}")
     click.echo(f"dry run: would {'resume' if resume else 'train into'} {run}; nothing trained or written")
     return 0
