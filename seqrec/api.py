@@ -118,7 +118,9 @@ class SeqRec:
         A step predicted not to fit the free memory is refused before training unless ``force``."""
         from seqrec.registry import LOSSES
         from seqrec.training import ResumeNote, Trainer, seed_everything
+        from seqrec.training.loggers import check_loggers
 
+        check_loggers(self.cfg_.train.loggers)  # a missing tracker package: refused before anything is written
         run = RunDir(run_dir) if run_dir is not None else None
         with run.lock() if run is not None else contextlib.nullcontext(), \
                 run.restored_on_failure(run.config) if resume and run is not None else contextlib.nullcontext():

@@ -79,6 +79,9 @@ class TrainConfig(_Section):
     # validation users: "auto" = all up to 50,000, else a seeded sample of 50,000
     # (seqrec.evaluation.defaults.VALID_USERS_AUTO); N = a seeded sample of N; "all"/None = every user
     valid_users: PosInt | Literal["auto", "all"] | None = "auto"
+    # experiment trackers (seqrec.training.loggers); each is an extra: pip install 'seqrec[tensorboard]'
+    loggers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = []
+    tracking_uri: str | None = None  # None: trackers write inside the run dir; a dir, or an MLflow URI
 
     @pydantic.field_validator("device")
     @classmethod
@@ -228,6 +231,9 @@ def upgrade_saved(tree: dict[str, Any]) -> dict[str, Any]:
         sec, key = old.split(".")
         if isinstance(tree.get(sec), dict) and key in tree[sec]:
             tree[sec][new.split(".")[1]] = tree[sec].pop(key)
+    for sec, fields in (("train", ("loggers", "tracking_uri")),):  # keys added since: their defaults
+        for key in fields if isinstance(tree.get(sec), dict) else ():
+            tree[sec].setdefault(key, DEFAULT_TREE[sec][key])
     if isinstance(tree.get("train"), dict):  # runs from before lazy_items trained with dense Adam
         tree["train"].setdefault("lazy_items", False)
     named = [(tree.get("model"), MODELS), (tree.get("loss"), LOSSES)]

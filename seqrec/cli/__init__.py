@@ -8,6 +8,8 @@ and ``seqrec data stats`` don't pay for torch/faiss imports):
 - ``seqrec index …``                -> seqrec/cli/index.py
 - ``seqrec plan``                   -> seqrec/cli/plan.py
 - ``seqrec bench …``                -> seqrec/cli/bench.py
+- ``seqrec config show / keys``     -> seqrec/cli/config.py
+- ``seqrec tune``                   -> seqrec/cli/tune.py
 
 Nothing below this package imports it. User-facing errors (``SeqrecError``) and OS errors print one
 line on stderr and exit 2.
@@ -42,14 +44,18 @@ class LazyGroup(click.Group):
 
 VERBS = {"fit": "fit:fit", "evaluate": "evaluate:evaluate", "compare": "evaluate:compare",
          "recommend": "recommend:recommend", "data": "data:data", "index": "index:index",
-         "plan": "plan:plan", "bench": "bench:bench"}
+         "plan": "plan:plan", "bench": "bench:bench", "config": "config:config", "tune": "tune:tune"}
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              lazy={verb: f"seqrec.cli.{target}" for verb, target in VERBS.items()})
 @click.version_option(__version__, prog_name="seqrec")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (drawn only when stderr is a terminal anyway).")
+def cli(quiet: bool) -> None:
     """Train, evaluate and serve transformer sequential recommenders."""
+    from seqrec.progress import set_quiet
+
+    set_quiet(quiet)
 
 
 def one_line(text: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,16 @@ def _help_names(kind: str) -> str:
     return ", ".join((MODELS if kind == "model" else LOSSES).names())
 
 
-@click.command()
-@click.option("--config", "config", default=None, help="Packaged config name (e.g. sasrec-ml-1m-ce) or YAML file.")
+def _help_configs() -> str:
+    from seqrec.config import packaged_configs
+
+    return ", ".join(packaged_configs())
+
+
+@click.command(epilog="Every config key, its type and default: docs/cli.md (\"Config keys\"), or `seqrec config "
+                      "keys`; a run's or config's resolved values: `seqrec config show RUN|NAME`.")
+@click.option("--config", "config", default=None,
+              help=f"Packaged config ({_help_configs()}) or a YAML file (default: default).")
 @click.option("--dataset", default=None, help="Dataset name, prepared directory or file path.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
 @click.option("--format", "fmt", default=None, help="Reader for a file path (see `seqrec data --help`).")
@@ -47,9 +57,11 @@ def _help_names(kind: str) -> str:
                    "(= --set data.strict=true).")
 @click.option("--baseline/--no-baseline", default=True, help="Also report the most-popular baseline.")
 @click.option("--force", is_flag=True, help="Train even if one step is predicted not to fit the free memory.")
+@click.option("--dry-run", is_flag=True, help="Validate, read the data, plan the memory and print it; train "
+                                              "nothing, write nothing.")
 @plugin_option
 def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, strict, baseline,
-        force) -> int:
+        force, dry_run) -> int:
     """Train a model, evaluate it on validation and test, and save the run.
 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
@@ -70,6 +82,8 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
         if cfg is None:
             return 0
         preflight(cfg)
+        if dry_run:
+            return dry_run_report(cfg, run.path, resume=True)
         with run.lock():
             return _train(cfg, run, True, baseline, force)
     from seqrec.config import Config, load_tree
@@ -82,15 +96,20 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     preflight(cfg)
     run = RunDir(out or Path("runs") / (f"{cfg.model.name}-{cfg.loss.name}-{Path(cfg.data.dataset).stem}-"
                                         f"{time.strftime('%Y%m%d-%H%M%S')}"))
+    if dry_run:
+        return dry_run_report(cfg, run.path, resume=False)
     with run.create(overwrite):
         return _train(cfg, run, False, baseline, force)
 
 
 def preflight(cfg: Any) -> None:
-    """The device exists (the dataset was checked before torch loaded: ``check_spec`` in ``fit``)."""
+    """The device exists and every logger's package is installed (the dataset was checked before torch
+    loaded: ``check_spec`` in ``fit``)."""
     from seqrec.training import resolve_device
+    from seqrec.training.loggers import check_loggers
 
     resolve_device(cfg.train.device)
+    check_loggers(cfg.train.loggers)
 
 
 def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
@@ -115,25 +134,96 @@ def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
 def _train(cfg: Any, run: Any, resume: bool, baseline: bool, force: bool) -> int:
     from seqrec.api import SeqRec
     from seqrec.training import TrainingInterrupted
+    from seqrec.training.loggers import Trackers
 
     rec = SeqRec(config=cfg)
+    trackers = Trackers(cfg.train, run, owned=True) if cfg.train.loggers else None
     try:  # with a run directory the trainer turns SIGINT/SIGTERM into a checkpoint and TrainingInterrupted
-        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True), force=force)
+        rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True), force=force,
+                callbacks=[trackers] if trackers else [])
+        results = _results(rec, cfg, run, baseline)
     except TrainingInterrupted as e:
         click.echo(f"interrupted: checkpoint saved in {run.checkpoints}; resume with: seqrec fit --resume "
                    f"{run.path}", err=True)
         return 128 + e.signum
+    except BaseException:
+        if trackers is not None:
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                trackers.abort()
+        raise
+    if trackers is not None:
+        trackers.finish(results)
+    return 0
+
+
+def _results(rec: Any, cfg: Any, run: Any, baseline: bool) -> dict[str, dict[str, float]]:
+    """Evaluate, write results.json (and baseline_pop.json), print the table, the verdict against
+    popularity and the next commands -> {"valid", "test", "pop"} metrics for the trackers."""
+    from seqrec.api import SeqRec
+
     results = {split: rec.evaluate(split=split, metrics_only=True) for split in ("valid", "test")}
     run.write_json(run.results.name, results)
     name = cfg.model.name
     rows = {f"{name} valid": results["valid"], f"{name} test": results["test"]}
+    pop: dict[str, float] = {}
     if baseline and name != "pop":
-        pop = SeqRec.from_config({**rec.get_config(), "model": {"name": "pop"}})
-        pop.fit(rec.data_, log=lambda s: None)
-        rows["pop test"] = pop.evaluate(split="test", metrics_only=True)
-        run.write_json(run.baseline.name, {"test": rows["pop test"]})
+        tree = rec.get_config()
+        pop_rec = SeqRec.from_config({**tree, "model": {"name": "pop"}, "train": {**tree["train"], "loggers": []}})
+        pop_rec.fit(rec.data_, log=lambda s: None)
+        pop = rows["pop test"] = pop_rec.evaluate(split="test", metrics_only=True)
+        run.write_json(run.baseline.name, {"test": pop})
     click.echo(metrics_table(rows, [k for k in cfg.eval.ks if k in (10, 20, 50)] or cfg.eval.ks))
     info = rec.fit_info_
     click.echo(f"best epoch {info.get('best_epoch')} of {info.get('epochs')}, {info.get('wall_s', 0):.1f}s training; "
                f"run saved in {run.path}")
+    mine, theirs = results["test"].get("ndcg@10"), pop.get("ndcg@10")
+    if mine is not None and theirs is not None and mine < theirs:
+        click.echo(f"warning: {name} scores below the popularity baseline (test NDCG@10 {mine:.4f} < {theirs:.4f}): "
+                   "it has not learnt more than item counts; train longer (train.epochs, train.patience) or check "
+                   f"the curves in {run.path / 'curves.png'}", err=True)
+    click.echo(next_steps(run.path))
+    return {**results, **({"pop": pop} if pop else {})}
+
+
+def next_steps(run: Path) -> str:
+    """The commands a user runs next on a finished run (printed at the end of ``seqrec fit``)."""
+    q = shlex.quote(str(run))
+    return "\n".join(["next:",
+                      f"  seqrec evaluate {q}                       # metrics again (--retrieval, --split)",
+                      f"  seqrec recommend {q} --all --out recs.parquet   # top-10 for every user",
+                      f"  seqrec compare {q} OTHER_RUN              # paired test against another run",
+                      f"  seqrec config show {q}                    # the resolved config",
+                      f"  open {shlex.quote(str(run / 'curves.png'))}   # training curves"])
+
+
+def dry_run_report(cfg: Any, run: Path, resume: bool) -> int:
+    """``fit --dry-run``: the resolved config, the data's size, the predicted memory of one step
+    against the free memory; nothing is trained or written."""
+    import torch
+    import yaml
+
+    from seqrec.data import load_dataset
+    from seqrec.plan import fmt_bytes
+    from seqrec.registry import MODELS
+    from seqrec.training import resolve_device
+    from seqrec.training.memory import available_bytes, predicted_step
+
+    d = cfg.data
+    data = load_dataset(d.dataset, data_dir=d.data_dir, fmt=d.format, split=d.split, strict=d.strict, **d.options)
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model.name, data.n_items, **cfg.model.params)
+    batch = min(cfg.train.batch_size, max(data.n_users, 1))
+    need = predicted_step(cfg, model, batch, data.n_items) if model.trainable else None
+    device = resolve_device(cfg.train.device)
+    have = available_bytes(device)
+    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    click.echo(f"\ndata: {data.name}: {data.n_users:,} users, {data.n_items:,} items, "
+               f"{len(data.train.items):,} "
+               "training interactions")
+    step = f"~{fmt_bytes(need)}" if need is not None else "not predicted for this model/loss"
+    free = f"{fmt_bytes(have[0])} of {have[1]}" if have else "unknown"
+    verdict = "" if need is None or have is None else ("  (fits)" if need <= have[0] else "  (does NOT fit: "
+                                                                                           "fit would refuse it)")
+    click.echo(f"memory: one training step {step} on {device}; free {free}{verdict}")
+    click.echo(f"dry run: would {'resume' if resume else 'train into'} {run}; nothing trained or written")
     return 0

@@ -19,6 +19,7 @@ from seqrec.data.split import SPLITS
 from seqrec.data.split import split as split_interactions
 from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, DataError
+from seqrec.progress import stages
 
 __all__ = [
     "FORMATS",
@@ -179,8 +180,11 @@ def load_dataset(
             return pd
         return load_prepared(spec)
     q = options.pop("q", 0.95)
-    name, inter, meta = load_interactions(spec, data_dir=data_dir, fmt=fmt, strict=strict, **options)
-    return split_interactions(name, inter, how=split or "leave_one_out", q=q, meta=meta)
+    with stages(f"data {Path(str(spec)).name}", 2) as stage:  # a bar on a terminal only (seqrec.progress)
+        stage("reading and preprocessing")
+        name, inter, meta = load_interactions(spec, data_dir=data_dir, fmt=fmt, strict=strict, **options)
+        stage("splitting")
+        return split_interactions(name, inter, how=split or "leave_one_out", q=q, meta=meta)
 
 
 def save_prepared(data: PreparedData, out: str | os.PathLike, overwrite: bool | None = None) -> Path:

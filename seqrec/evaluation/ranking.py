@@ -11,6 +11,7 @@ from seqrec.data.store import SequenceStore
 from seqrec.evaluation.encode import encode_batches, encode_context, last_states
 from seqrec.evaluation.metrics import coverage, rank_metrics, target_ranks
 from seqrec.models.base import Encoder
+from seqrec.progress import progress
 
 
 def model_inputs(model: Encoder, history: SequenceStore, rows: np.ndarray, max_len: int) -> np.ndarray:
@@ -43,11 +44,12 @@ def user_vectors(model: Encoder, history: SequenceStore, max_len: int, batch_siz
     model.eval()
     lengths = np.minimum(history.lengths, max_len) + (0 if model.causal else 1)  # + BERT4Rec's mask slot
     out, rows_done = [], []
-    with encode_context(dtype, device):
+    with encode_context(dtype, device), progress(total=len(lengths), desc="encoding users", unit="user") as bar:
         for rows in encode_batches(lengths, batch_size):
             inp = torch.from_numpy(model_inputs(model, history, rows, max_len)).to(device)
             out.append(last_states(model, inp).float().cpu())
             rows_done.append(rows)
+            bar.update(len(rows))
     model.train(was_training)
     if not out:
         return torch.zeros(0, model.d)

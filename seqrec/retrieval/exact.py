@@ -15,6 +15,7 @@ import torch
 
 from seqrec.errors import ConfigError, DataError
 from seqrec.io import atomic_path
+from seqrec.progress import progress
 from seqrec.retrieval.base import Filters, Retriever
 
 NEG_INF = float("-inf")
@@ -77,7 +78,7 @@ def exact_topk(emb: torch.Tensor, queries: torch.Tensor, k: int, filters: Filter
         order = np.argsort(excl_cols, kind="stable")
         excl_rows, excl_cols = excl_rows[order], excl_cols[order]
     buf = torch.empty(min(qbatch, m) * min(chunk, c), dtype=torch.float32, device=dev)
-    for q0 in range(0, m, qbatch):
+    for q0 in progress(range(0, m, qbatch), desc="top-k search", unit="batch"):
         q1 = min(m, q0 + qbatch)
         pairs = None
         if excl_rows is not None and len(excl_rows):

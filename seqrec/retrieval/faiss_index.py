@@ -27,6 +27,7 @@ import torch
 
 from seqrec.errors import ConfigError, DataError, SeqrecError, shorten
 from seqrec.io import atomic_path
+from seqrec.progress import stages
 from seqrec.retrieval.base import Filters, Retriever, sort_rows
 from seqrec.retrieval.exact import exact_topk
 from seqrec.retrieval.tune import DEFAULTS as TUNING
@@ -267,8 +268,11 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         index.cp.seed = int(p["seed"])
         rng = np.random.default_rng(int(p["seed"]))
         sample = emb if train >= n else emb[np.sort(rng.choice(n, train, replace=False))]
-        index.train(sample)
-        index.add(emb)
+        with stages(f"building faiss-ivf index ({n:,} items)", 2) as stage:
+            stage("training the coarse quantizer")
+            index.train(sample)
+            stage("adding the items")
+            index.add(emb)
         index.make_direct_map()  # reconstruct() for exact ground truth and refill fallback
         return index
 
@@ -313,7 +317,9 @@ class FaissHNSWRetriever(Tunable, FaissRetriever):
                                           self._faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = _check_int("ef_construction", p["ef_construction"])
         _check_int("ef_search", p["ef_search"])
-        index.add(emb)
+        with stages(f"building faiss-hnsw index ({emb.shape[0]:,} items)", 1) as stage:
+            stage("adding the items to the graph")
+            index.add(emb)
         return index
 
     def _configure(self) -> None:

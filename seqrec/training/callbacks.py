@@ -23,8 +23,9 @@ reason is saved in the checkpoint; when the run is resumed, the callback that se
 patience clear their own). To abort at once instead, raise (SignalStop raises TrainingInterrupted).
 
 Order: the trainer calls the user's callbacks first, in the order given, then the built-ins
-``ProgressBar, TimeBudget, EarlyStopping, MetricsLog`` and, with a run directory,
-``Checkpointing, SignalStop``.
+``ProgressBar, TimeBudget, EarlyStopping, MetricsLog``, with a run directory
+``Checkpointing, SignalStop, Curves`` (``curves.py``: RUN/curves.png) and, with ``train.loggers``,
+``Trackers`` (``loggers.py``: csv, TensorBoard, MLflow, W&B).
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ class ProgressBar(Callback):
     """A tqdm bar per epoch (disabled when stderr is not a terminal)."""
 
     def on_epoch_start(self, trainer: Trainer, state: TrainState) -> None:
-        from tqdm.auto import tqdm
+        from seqrec.progress import progress
 
-        self.bar = tqdm(total=trainer.n_batches, initial=state.step, desc=f"epoch {state.epoch + 1}",
-                        leave=False, disable=None)
+        self.bar = progress(total=trainer.n_batches, initial=state.step, desc=f"epoch {state.epoch + 1}",
+                            unit="step")
 
     def on_step_end(self, trainer: Trainer, state: TrainState, loss: float | None) -> None:
         self.bar.update(1)
@@ -251,7 +252,13 @@ def default_callbacks(t: Any, run: RunDir | None) -> list[Callback]:
     callbacks: list[Callback] = [ProgressBar(), TimeBudget(t.max_time_s),
                                  EarlyStopping(t.patience, BestWeights(run.best if run else None)), MetricsLog(run)]
     if run is not None:
-        callbacks += [Checkpointing(t.checkpoint_every_s, t.checkpoint_every_steps), SignalStop()]
+        from seqrec.training.curves import Curves
+
+        callbacks += [Checkpointing(t.checkpoint_every_s, t.checkpoint_every_steps), SignalStop(), Curves(run)]
+    if getattr(t, "loggers", None):
+        from seqrec.training.loggers import Trackers
+
+        callbacks.append(Trackers(t, run))
     return callbacks
 
 
