@@ -27,29 +27,35 @@ FORMATS = tuple(layout.ENCODER_FILES)
 
 
 def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, format: str = "onnx",
-                  backend: str | None = None, params: dict | None = None) -> Path:
+                  retrieval: str | None = None, retrieval_params: dict | None = None) -> Path:
     """Write the bundle of the fitted run (or saved model) ``run_dir`` to directory ``out`` -> ``out``.
 
     ``format``: "onnx" (served by onnxruntime, no torch) or "torchscript" (needs torch to serve).
-    ``backend``: the retrieval backend to ship (default: the run's ``eval.retrieval``, "auto"
-    resolved by catalog size); ``params`` its parameters. ``out`` must not exist or be empty.
+    ``retrieval``: the retrieval backend to ship (default: the run's ``eval.retrieval``, "auto"
+    resolved by catalog size) and ``retrieval_params`` its parameters (default: the run's
+    ``eval.retrieval_params`` for its own backend, none for another). ``out`` must not exist or be
+    empty.
     """
     from seqrec.api import SeqRec
 
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if backend is not None:
+    if retrieval is not None:
         from seqrec.registry import RETRIEVERS
 
-        RETRIEVERS.check_name(backend, "--backend")
+        RETRIEVERS.check_name(retrieval, "retrieval")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SeqrecError(f"{out} exists and is not an empty directory; remove it or choose another --out")
     rec = SeqRec.load(run_dir)
+    if retrieval is not None and retrieval != rec.cfg_.eval.retrieval:  # another backend: not its params
+        rec.set_config({"eval.retrieval": retrieval, "eval.retrieval_params": {}})
+    if retrieval_params is not None:
+        rec.set_config({"eval.retrieval_params": retrieval_params})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_next_to(out)
     try:
-        manifest = _write_contents(rec, Path(run_dir), tmp, format, backend, params)
+        manifest = _write_contents(rec, Path(run_dir), tmp, format)
         manifest["files"] = {name: layout.sha256_file(tmp / name) for name in layout.bundle_files(tmp)}
         write_json(tmp / layout.MANIFEST, manifest)
         if out.exists():
@@ -61,8 +67,7 @@ def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, format: st
     return out
 
 
-def _write_contents(rec: Any, run_dir: Path, tmp: Path, format: str, backend: str | None,
-                    params: dict | None) -> dict[str, Any]:
+def _write_contents(rec: Any, run_dir: Path, tmp: Path, format: str) -> dict[str, Any]:
     """Encoder, item table, ids, popularity and index into ``tmp`` -> the manifest (without files)."""
     model, data = rec.model_.eval(), rec.data_
     emb = np.ascontiguousarray(rec.item_embeddings(), dtype=np.float32)
@@ -72,7 +77,7 @@ def _write_contents(rec: Any, run_dir: Path, tmp: Path, format: str, backend: st
     np.save(tmp / layout.ITEM_EMB, emb)
     pl.DataFrame({"item": data.item_ids[1:]}).write_parquet(tmp / layout.ITEM_IDS)
     np.save(tmp / layout.POPULARITY, np.asarray(data.item_pop[1:], dtype=np.int64))
-    retrieval = _write_index(rec, emb, tmp, backend, params)
+    retrieval = _write_index(rec, emb, tmp)
     return {
         "format": layout.FORMAT, "format_version": layout.FORMAT_VERSION,
         "versions": _versions(format),
@@ -90,7 +95,7 @@ def _write_contents(rec: Any, run_dir: Path, tmp: Path, format: str, backend: st
     }
 
 
-def _write_index(rec: Any, emb: np.ndarray, tmp: Path, backend: str | None, params: dict | None) -> dict:
+def _write_index(rec: Any, emb: np.ndarray, tmp: Path) -> dict:
     """The retrieval backend's files: none for an exact backend (the item table is searched as it
     is), ``index/`` for an approximate one, tuned as ``seqrec recommend`` tunes it."""
     from seqrec.evaluation.defaults import retrieval_backend
@@ -98,10 +103,10 @@ def _write_index(rec: Any, emb: np.ndarray, tmp: Path, backend: str | None, para
     from seqrec.registry import RETRIEVERS
     from seqrec.retrieval.base import embedding_digest
 
-    name = retrieval_backend(backend or rec.cfg_.eval.retrieval, emb.shape[0], emb.shape[1])
+    name = retrieval_backend(rec.cfg_.eval.retrieval, emb.shape[0], emb.shape[1])
     if RETRIEVERS.get(name).exact:
         return {"backend": name, "exact": True, "params": {}}
-    retriever = model_retriever(rec.model_, emb, rec.cfg_, rec.path_, backend, params, users=rec.data_.full)
+    retriever = model_retriever(rec.model_, emb, rec.cfg_, rec.path_, None, None, users=rec.data_.full)
     if retriever.exact:  # faiss missing: build_retriever fell back to exact search (with a warning)
         return {"backend": retriever.name, "exact": True, "params": {}}
     retriever.save(tmp / layout.INDEX_DIR, source=embedding_digest(emb))

@@ -47,6 +47,7 @@ class Recommender:
         self.n_items = bundle.item_emb.shape[0]
         self._encode = load_encoder(bundle.path / m["encoder"]["file"], m["encoder"]["format"], threads)
         self._index: dict[Any, int] = {raw: i + 1 for i, raw in enumerate(bundle.item_ids.to_list())}
+        self.integer_ids = bundle.item_ids.dtype.is_integer()  # raw ids are ints (else text)
         r = m.get("retrieval") or {}
         self.backend = "exact" if exact or r.get("exact", True) else str(r["backend"])
         self._ann = None if self.backend == "exact" else ApproximateIndex(
