@@ -49,9 +49,12 @@ class Recommender:
         self._index: dict[Any, int] = {raw: i + 1 for i, raw in enumerate(bundle.item_ids.to_list())}
         self.integer_ids = bundle.item_ids.dtype.is_integer()  # raw ids are ints (else text)
         r = m.get("retrieval") or {}
-        self.backend = "exact" if exact or r.get("exact", True) else str(r["backend"])
+        params = r.get("params") or {}
+        # an index whose tuning found exact search faster (seqrec.retrieval.tune) searches exactly
+        self.backend = "exact" if exact or r.get("exact", True) or params.get("exact_fallback") \
+            else str(r["backend"])
         self._ann = None if self.backend == "exact" else ApproximateIndex(
-            bundle.path / "index", self.backend, r.get("params") or {}, bundle.item_emb)
+            bundle.path / "index", self.backend, params, bundle.item_emb)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, threads: int = 0, check: bool = True,
