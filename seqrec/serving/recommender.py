@@ -50,6 +50,7 @@ class Recommender:
         self.integer_ids = bundle.item_ids.dtype.is_integer()  # raw ids are ints (else text)
         r = m.get("retrieval") or {}
         params = r.get("params") or {}
+        self._exact = exact
         # an index whose tuning found exact search faster (seqrec.retrieval.tune) searches exactly
         self.backend = "exact" if exact or r.get("exact", True) or params.get("exact_fallback") \
             else str(r["backend"])
@@ -63,6 +64,19 @@ class Recommender:
         ``threads``: onnxruntime intra-op threads (0: its default); ``exact``: search the item table
         exactly even when the bundle ships an approximate index."""
         return cls(load_bundle(path, check), threads, exact)
+
+    def set_params(self, **params: Any) -> Recommender:
+        """Change the shipped index's search-time parameters (``nprobe``, ``ef_search``) -> self. As in
+        ``seqrec.retrieval.tune``, an explicit setting replaces the tuning's exact fallback."""
+        r = self.manifest.get("retrieval") or {}
+        if self._exact or r.get("exact", True):
+            raise SeqrecError(f"this recommender searches exactly; {', '.join(params)} apply to an approximate index")
+        if self._ann is None:  # the tuning fell back to exact search: the index is used from now on
+            self._ann = ApproximateIndex(self.bundle.path / "index", str(r["backend"]),
+                                         {**r.get("params", {}), "exact_fallback": False}, self.bundle.item_emb)
+            self.backend = str(r["backend"])
+        self._ann.set_params(**{**self._ann.params, **params})
+        return self
 
     def metadata(self) -> dict[str, Any]:
         """The manifest without the checksums: model, catalog, retrieval, versions, metrics."""
