@@ -134,7 +134,11 @@ def test_approximate_index_is_shipped_and_respects_filters(sas, tmp_path):
     got = r.recommend(hist, k=10)
     for u, g in got.group_by("user", maintain_order=True):
         assert not set(g["item"].to_list()) & set(hist[u[0]]) and g.height == 10
-    exact = Recommender.from_bundle(b, exact=True).recommend(hist, k=10)
+    exact_rec = Recommender.from_bundle(b, exact=True)
+    exact = exact_rec.recommend(hist, k=10)
+    with pytest.raises(SeqrecError, match="searches exactly"):
+        exact_rec.set_params(nprobe=2)
+    assert r.set_params(nprobe=2).recommend(hist, k=10)["item"].to_list() == exact["item"].to_list()  # every cell
     overlap = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(
         got.group_by("user", maintain_order=True).agg("item")["item"].to_list(),
         exact.group_by("user", maintain_order=True).agg("item")["item"].to_list(), strict=True)])
@@ -163,6 +167,10 @@ def test_cli_export(sas, tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "encoder.onnx").is_file()
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 2
+    assert main(["export", str(run), "--retrieval", "faiss-ivf", "--set", "eval.retrieval_params.nlist=2",
+                 "--set", "eval.retrieval_params.target_recall=null", "--out", str(tmp_path / "ivf")]) == 0
+    params = json.loads((tmp_path / "ivf" / "manifest.json").read_text())["retrieval"]["params"]
+    assert params["nlist"] == 2 and params["target_recall"] is None
     assert main(["export", str(run), "--retrieval", "nope", "--out", str(tmp_path / "c")]) == 2
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
