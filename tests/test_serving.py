@@ -184,3 +184,23 @@ def test_popularity_ties_by_lower_id():
     s, i = popularity_topk(pop, 4, ok)
     rs, ri = reference(np.concatenate([[0], pop]), 4, deny=[2])
     assert i.tolist() == ri.tolist() == [1, 4, 0, 6] and s.tolist() == rs.tolist()
+
+
+def test_bench_helpers_on_a_widened_bundle(bundle, tmp_path):
+    """`seqrec bench serve`'s pieces on the tiny bundle: a widened catalog with a saved faiss-ivf
+    index loads (checksums rewritten), and the timings and recall are sane."""
+    pytest.importorskip("faiss", reason="the widened bundle ships a faiss-ivf index")
+    from seqrec.bench import serve as bench
+
+    b, ids, hist = bundle
+    r = Recommender.from_bundle(b, threads=1)
+    seqs = [np.asarray(r.catalog_ids(ids[i:i + 5]) + 1) for i in range(0, 30, 3)]
+    wide = bench.widen_bundle(b, tmp_path / "wide", 2000, r.user_vectors(seqs))
+    w = Recommender.from_bundle(wide, threads=1)  # verifies the rewritten checksums
+    assert w.n_items == 2000 and (wide / "index" / "index.faiss").is_file()
+    assert np.array_equal(np.load(wide / "item_emb.npy")[:len(ids)], np.load(b / "item_emb.npy"))
+    lat, tops = bench.single_latency(w.set_params(nprobe=1) if w.backend != "exact" else w, [hist] * 5, warmup=1)
+    assert 0 < lat["p50_ms"] <= lat["p99_ms"] and all(len(t) == 10 for t in tops)
+    _, exact = bench.single_latency(Recommender.from_bundle(wide, exact=True), [hist] * 5, warmup=1)
+    assert 0.0 <= bench.recall(tops, exact) <= 1.0 and bench.recall(exact, exact) == 1.0
+    assert bench.batch_throughput(w, [hist] * 8, 4) > 0
