@@ -158,7 +158,7 @@ def test_export_is_atomic_and_refuses_a_used_directory(sas, tmp_path, monkeypatc
 
     monkeypatch.setattr(eb, "check_encoder", broken)
     with pytest.raises(SeqrecError, match="boom"):
-        export_bundle(run, tmp_path / "new")
+        export_bundle(run, tmp_path / "new" / "deeper" / "b")
     assert sorted(os.listdir(tmp_path)) == ["used"]  # no bundle, no temporary directory
 
 

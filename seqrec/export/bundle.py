@@ -7,6 +7,7 @@ vectors for a sample of the run's users are compared with ``seqrec.evaluation.us
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -52,8 +53,9 @@ def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, format: st
         rec.set_config({"eval.retrieval": retrieval, "eval.retrieval_params": {}})
     if retrieval_params is not None:
         rec.set_config({"eval.retrieval_params": retrieval_params})
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir_next_to(out)
+    tmp, done = temp_dir_next_to(out), False
     try:
         manifest = _write_contents(rec, Path(run_dir), tmp, format)
         manifest["files"] = {name: layout.sha256_file(tmp / name) for name in layout.bundle_files(tmp)}
@@ -61,9 +63,13 @@ def export_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, format: st
         if out.exists():
             out.rmdir()  # empty (checked above): rename needs the name free
         os.replace(tmp, out)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        for p in made if not done else ():
+            with contextlib.suppress(OSError):
+                p.rmdir()
     return out
 
 
