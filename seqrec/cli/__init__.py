@@ -10,6 +10,8 @@ and ``seqrec data stats`` don't pay for torch/faiss imports):
 - ``seqrec bench …``                -> seqrec/cli/bench.py
 - ``seqrec config show / keys``     -> seqrec/cli/config.py
 - ``seqrec tune``                   -> seqrec/cli/tune.py
+- ``seqrec export``                 -> seqrec/cli/export.py
+- ``seqrec serve``                  -> seqrec/cli/serve.py (no torch import)
 
 Nothing below this package imports it. User-facing errors (``SeqrecError``) and OS errors print one
 line on stderr and exit 2.
@@ -44,7 +46,8 @@ class LazyGroup(click.Group):
 
 VERBS = {"fit": "fit:fit", "evaluate": "evaluate:evaluate", "compare": "evaluate:compare",
          "recommend": "recommend:recommend", "data": "data:data", "index": "index:index",
-         "plan": "plan:plan", "bench": "bench:bench", "config": "config:config", "tune": "tune:tune"}
+         "plan": "plan:plan", "bench": "bench:bench", "config": "config:config", "tune": "tune:tune",
+         "export": "export:export", "serve": "serve:serve"}
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},

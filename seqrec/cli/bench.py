@@ -279,5 +279,27 @@ def scale(items: str, losses_: str, users: int, budget: float, steps: int, valid
                                   log=_log, device=device)
     path = _finish(out, records, bench_scale.COLUMNS, "Training at growing catalogs", scale_figure(records),
                    "scale.png")
+
+
+@bench.command("serve")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where ml-1m lives.")
+@click.option("--items", "n_items", default=1_000_000, show_default=True, type=click.IntRange(min=0),
+              help="Synthetic catalog size for the exact vs faiss-ivf rows (0: ML-1M only).")
+@click.option("--requests", default=300, show_default=True, type=click.IntRange(min=10), help="Single requests timed.")
+@click.option("--batch", default=256, show_default=True, type=click.IntRange(min=1), help="Users per batch call.")
+@click.option("--train-s", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Training budget of the ML-1M model (latency does not depend on its quality).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0), help="Encoder threads.")
+@OUT
+def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> int:
+    """Serving latency (p50/p99, single user) and batch throughput: ML-1M exact, NUM items exact vs IVF."""
+    import tempfile
+
+    from seqrec.bench import serve as bench_serve
+
+    with tempfile.TemporaryDirectory(prefix="seqrec-bench-serve-") as work:
+        rows = bench_serve.run_all(Path(work), data_dir, n_items, requests, batch, train_s, threads, log=_log)
+    path = _finish(out, rows, bench_serve.COLUMNS, "Serving latency and throughput (seqrec.serving, CPU)",
+                   bench_serve.figure(rows), "serve.png")
     click.echo((path / "table.md").read_text())
     return 0
