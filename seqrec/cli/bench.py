@@ -279,6 +279,8 @@ def scale(items: str, losses_: str, users: int, budget: float, steps: int, valid
                                   log=_log, device=device)
     path = _finish(out, records, bench_scale.COLUMNS, "Training at growing catalogs", scale_figure(records),
                    "scale.png")
+    click.echo((path / "table.md").read_text())
+    return 0
 
 
 @bench.command("serve")
