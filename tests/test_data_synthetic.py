@@ -26,7 +26,7 @@ def test_presets_shapes():
     p = params_for("ml-20m")
     assert (p.n_users, p.n_items) == (138_493, 26_744)
     assert 19e6 < p.n_users * p.mean_len < 21e6
-    assert params_for("million").n_items == 1_850_000  # ~1.0M of them occur
+    assert params_for("million").n_items == 1_950_000  # ~1.0M of them occur
     small = generate(params_for("ml-20m", n_users=500, seed=1))  # same generator, scaled down
     assert small["user"].n_unique() == 500 and small.height >= 500 * 20
     with pytest.raises(ConfigError, match="unknown synthetic preset"):

@@ -3,7 +3,7 @@
 Data: the ``synthetic:million`` generator (200,000 users, ~50 interactions each, planted sequential
 structure), prepared once per catalog into ``--cache`` and loaded by every case. The catalog is the
 items that occur: up to 200k items the generator draws that many ids (nearly all occur), above it
-1.85x as many (at 1M about 54% of the drawn ids occur, as in the ``million`` preset); 50 ids per
+1.95x as many (at 1M about 52% of the drawn ids occur, as in the ``million`` preset); 50 ids per
 cluster. The table gives the catalog that resulted.
 
 Each (catalog, loss) case runs in a fresh subprocess (so its peak RSS is its own): the default
@@ -43,7 +43,7 @@ def prepare(items: int, users: int, cache: Path, log: Callable[[str], None]) -> 
     path = cache / f"synthetic-million-items{items}-users{users}"
     if not (path / "meta.json").exists():
         t0 = time.monotonic()
-        drawn = items if items <= 200_000 else round(items * 1.85)
+        drawn = items if items <= 200_000 else round(items * 1.95)
         data = load_dataset("synthetic:million", synthetic={"n_items": drawn, "n_users": users,
                                                             "n_clusters": max(drawn // 50, 1)})
         save_prepared(data, path)

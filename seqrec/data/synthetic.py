@@ -49,10 +49,10 @@ PRESETS: dict[str, SyntheticParams] = {
     # ML-20M's shape: 138,493 users, 26,744 items, ~20.0M interactions (repeats kept so the count holds)
     "ml-20m": SyntheticParams(n_users=138_493, n_items=26_744, n_clusters=500, mean_len=144.4, min_len=20,
                               max_len=9_254, len_sigma=1.0, dedup=False),
-    # a million-item catalog for scale tests (~10M interactions): 1.85M ids are drawn, ~1.0M of them
+    # a million-item catalog for scale tests (~10M interactions): 1.95M ids are drawn, ~1.0M of them
     # occur (Zipf popularity within the 50-item clusters leaves the rest unseen, and the catalog is
-    # what occurs; 1M drawn ids gave a 644,364-item catalog)
-    "million": SyntheticParams(n_users=200_000, n_items=1_850_000, n_clusters=37_000, mean_len=50.0, min_len=5,
+    # what occurs; 1M drawn ids gave a 644,364-item catalog, 1.85M 974,378)
+    "million": SyntheticParams(n_users=200_000, n_items=1_950_000, n_clusters=39_000, mean_len=50.0, min_len=5,
                                max_len=2_000, len_sigma=0.8, dedup=False),
 }
 
