@@ -35,7 +35,8 @@ class Peer:
 PEERS: dict[str, Peer] = {
     # pyarrow reads the exported parquet files; pyarrow 26 needs numpy 2, rectools pins numpy 1.
     # recbole: pandas 3's copy-on-write turns its fillna(inplace=True) into a no-op.
-    "recbole": Peer("recbole", ("recbole==1.2.1", "pandas<3", "pyarrow"), "run_recbole.py", ("recbole", "torch", "numpy", "pandas")),
+    "recbole": Peer("recbole", ("recbole==1.2.1", "pandas<3", "pyarrow"), "run_recbole.py",
+                    ("recbole", "torch", "numpy", "pandas")),
     "rectools": Peer("rectools", ("rectools[torch]==0.19.0", "pyarrow==21.0.0"), "run_rectools.py",
                      ("rectools", "torch", "pytorch-lightning", "numpy", "pandas")),
     "replay": Peer("replay", ("replay-rec[torch]==0.22.0", "pyarrow"), "run_replay.py",

@@ -85,8 +85,8 @@ def main() -> None:
     cb = PandasPredictionCallback(top_k=s["k"], query_column="user_id", item_column="item_id",
                                   rating_column="score", postprocessors=[RemoveSeenItems(seq_test)])
     pred = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, callbacks=[cb])
-    pred.predict(model, DataLoader(getattr(mod, f"{prefix}PredictionDataset")(seq_test, max_sequence_length=s["max_len"]),
-                                   batch_size=256, num_workers=0), return_predictions=False)
+    predict_set = getattr(mod, f"{prefix}PredictionDataset")(seq_test, max_sequence_length=s["max_len"])
+    pred.predict(model, DataLoader(predict_set, batch_size=256, num_workers=0), return_predictions=False)
     recs = tok.query_and_item_id_encoder.inverse_transform(cb.get_result())
     eval_s = time.perf_counter() - t0
     recs["score"] = recs["score"].astype(float)
