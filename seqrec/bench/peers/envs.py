@@ -84,7 +84,7 @@ def ensure_env(lib: str, cache_dir: str | os.PathLike | None = None,
     python = root / "bin" / "python"
     if is_ready(lib, cache_dir) and versions(lib, cache_dir).get("requirements") == list(peer.requirements):
         return python
-    log(f"creating the {lib} environment in {root} (first use)")
+    log(f"preparing the {lib} environment in {root} (first use or changed pins)")
     root.mkdir(parents=True, exist_ok=True)
     logfile = root / "install.log"
     if not python.exists():

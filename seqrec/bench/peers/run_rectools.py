@@ -4,7 +4,8 @@ Training data: the exported training interactions (``datetime`` = the position i
 sequence, so RecTools' time sort is our order). Test: ``recommend`` for the test users with their
 training + validation items as history (``filter_viewed=True``). The budget is Lightning's own
 ``max_time`` (checked after every step); RecTools' own metric is ``rectools.metrics`` NDCG@10 /
-HitRate@10 on its recommendations. Losses: ``softmax`` (full CE), ``gBCE``, ``sampled_softmax``
+HitRate@10 on its recommendations (NDCG with ``divide_by_achievable=True``: its default normalises by
+the DCG of k relevant items, which divides a one-target NDCG by 4.54). Losses: ``softmax`` (full CE), ``gBCE``, ``sampled_softmax``
 (RecTools' names), mapped from ours by ``LOSSES``.
 """
 
@@ -81,7 +82,9 @@ def main() -> None:
     users = test["user_id"].unique()
     reco = model.recommend(users=users, dataset=history, k=s["k"], filter_viewed=True)
     eval_s = time.perf_counter() - t0
-    metrics = calc_metrics({"ndcg@10": NDCG(k=10), "hr@10": HitRate(k=10)}, reco, interactions(test))
+    # divide_by_achievable: RecTools' default IDCG assumes k relevant items (ours / 4.54 with one target)
+    metrics = calc_metrics({"ndcg@10": NDCG(k=10, divide_by_achievable=True), "hr@10": HitRate(k=10)}, reco,
+                           interactions(test))
     reco = reco.sort_values([Columns.User, Columns.Rank])
     lists = reco.groupby(Columns.User, sort=False)[Columns.Item].apply(list)
     pc.write_outputs(s["out"], [int(u) for u in lists.index], [list(map(int, v)) for v in lists.values], {
