@@ -37,6 +37,8 @@ def run_runner(python: str | os.PathLike, script: str | os.PathLike, settings: d
     ``peak_rss_mb`` and ``error`` (None, or the one-line reason: exit status, timeout, missing output).
     ``pythonpath``: the child's PYTHONPATH (None: unset, so a peer sees only its own environment)."""
     work.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "topk.parquet"):  # a reused --work-dir must not pass off an old run
+        (work / stale).unlink(missing_ok=True)
     settings = {**settings, "out": str(work)}
     (work / "settings.json").write_text(json.dumps(settings, indent=1))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
