@@ -111,7 +111,7 @@ def measure(dataset: str, data_dir: str | None, budgets: list[int], libraries: l
 
     data = load_dataset(dataset, data_dir=data_dir)
     with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
-        work = Path(work_dir) if work_dir else Path(tmp)
+        work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
         export_dir = export(data, work / "export")
         log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
         records = []

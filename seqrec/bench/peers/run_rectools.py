@@ -5,8 +5,8 @@ sequence, so RecTools' time sort is our order). Test: ``recommend`` for the test
 training + validation items as history (``filter_viewed=True``). The budget is Lightning's own
 ``max_time`` (checked after every step); RecTools' own metric is ``rectools.metrics`` NDCG@10 /
 HitRate@10 on its recommendations (NDCG with ``divide_by_achievable=True``: its default normalises by
-the DCG of k relevant items, which divides a one-target NDCG by 4.54). Losses: ``softmax`` (full CE), ``gBCE``, ``sampled_softmax``
-(RecTools' names), mapped from ours by ``LOSSES``.
+the DCG of k relevant items, which divides a one-target NDCG by 4.54). Losses: ``softmax`` (full
+CE), ``gBCE``, ``sampled_softmax`` (RecTools' names), mapped from ours by ``LOSSES``.
 """
 
 from __future__ import annotations
