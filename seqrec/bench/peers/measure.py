@@ -80,7 +80,7 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
     lib, model, loss = case
     rec: dict[str, Any] = {"library": lib, "version": None, "dataset": data.name, "model": model, "loss": loss,
                            "budget_s": budget, "threads": threads, "ndcg@10": None, "hr@10": None,
-                           "peer_ndcg@10": None, "peer_hr@10": None, "epochs": None, "train_s": None,
+                           "peer_ndcg@10": None, "peer_hr@10": None, "epochs": None, "steps": None, "train_s": None,
                            "eval_s": None, "peak_rss_mb": None, "wall_s": None, "error": None}
     try:
         python, script, pythonpath, rec["version"] = runner_for(lib, cache_dir, install, log)
@@ -90,7 +90,7 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
                 "loss": loss, "budget_s": budget, "threads": threads, "recbole_dataset": "seqrec"}
     res = run_runner(python, script, settings, work, timeout_s=2 * budget + 1200, threads=threads,
                      pythonpath=pythonpath)
-    for key in ("epochs", "train_s", "eval_s", "peak_rss_mb", "wall_s", "error"):
+    for key in ("epochs", "steps", "train_s", "eval_s", "peak_rss_mb", "wall_s", "error"):
         rec[key] = res.get(key)
     peer = res.get("peer_metrics") or {}
     rec["peer_ndcg@10"] = peer.get("ndcg@10")

@@ -12,6 +12,7 @@ CE), ``gBCE``, ``sampled_softmax`` (RecTools' names), mapped from ours by ``LOSS
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 
 import pandas as pd
@@ -76,7 +77,9 @@ def main() -> None:
     t0 = time.perf_counter()
     model.fit(Dataset.construct(interactions(train)))
     train_s = time.perf_counter() - t0
-    epochs = model.fit_trainer.current_epoch if hasattr(model, "fit_trainer") else None
+    # RecTools trains one sequence per user with >= 2 training items (train_min_user_interactions)
+    per_epoch = math.ceil(int((train.groupby("user_id").size() >= 2).sum()) / s["batch_size"])
+    epochs = counter.steps / max(per_epoch, 1)
     t0 = time.perf_counter()
     history = Dataset.construct(interactions(pd.concat([train, valid])))
     users = test["user_id"].unique()

@@ -96,7 +96,8 @@ def main() -> None:
             **HitRate(10, query_column="user_id", item_column="item_id", rating_column="score")(recs, gt)}
     lists = recs.groupby("user_id", sort=False)["item_id"].apply(list)
     pc.write_outputs(s["out"], [int(u) for u in lists.index], [list(map(int, v)) for v in lists.values], {
-        "epochs": trainer.current_epoch, "steps": trainer.global_step, "train_s": train_s, "eval_s": eval_s,
+        "epochs": trainer.global_step / max(len(loader), 1), "steps": trainer.global_step,
+        "train_s": train_s, "eval_s": eval_s,
         "peer_metrics": {k.lower(): float(v) for k, v in peer.items()},
         "notes": "RePlay's own metric: replay.metrics NDCG/HitRate on its RemoveSeenItems predictions"})
 
