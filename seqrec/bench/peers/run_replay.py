@@ -73,8 +73,9 @@ def main() -> None:
     seq_test = tok.transform(Dataset(feature_schema=fs, interactions=hist[hist["user_id"].isin(test["user_id"])]))
     L.seed_everything(s["seed"])
     model = build_model(s, tok.tensor_schema)
-    loader = DataLoader(getattr(mod, f"{prefix}TrainingDataset")(seq_train, max_sequence_length=s["max_len"]),
-                        batch_size=s["batch_size"], shuffle=True, num_workers=0)
+    masking = {"mask_prob": s["mask_prob"]} if s["model"] == "bert4rec" else {}
+    train_set = getattr(mod, f"{prefix}TrainingDataset")(seq_train, max_sequence_length=s["max_len"], **masking)
+    loader = DataLoader(train_set, batch_size=s["batch_size"], shuffle=True, num_workers=0)
     trainer = L.Trainer(max_epochs=1_000_000, max_time=dt.timedelta(seconds=s["budget_s"]), accelerator="cpu",
                         devices=1, enable_checkpointing=False, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)

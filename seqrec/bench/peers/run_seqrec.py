@@ -26,6 +26,8 @@ def main() -> None:
              "max_len": s["max_len"], "dropout": s["dropout"]}
     if s["model"] == "sasrec":
         model["block"] = "sasrec"  # the reference code's layout (configs/sasrec-ml-1m-ce.yaml)
+    else:
+        model["mask_prob"] = s["mask_prob"]
     loss = {"name": s["loss"]}
     if s["loss"] == "gbce":  # as RecTools' gBCE in the same bench
         loss.update(n_negatives=s["n_negatives"], t=s["gbce_t"])
