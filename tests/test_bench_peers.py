@@ -122,3 +122,22 @@ def test_real_peer_runs_and_is_scored(tmp_path, data, lib):
     assert rec["error"] is None, rec["error"]
     assert 0.0 <= rec["ndcg@10"] <= rec["hr@10"] <= 1.0 and rec["peak_rss_mb"] > 50
     assert rec["version"] == envs.versions(lib)[envs.PEERS[lib].dists[0]]
+
+
+def test_setup_reuses_a_ready_environment_and_reinstalls_on_changed_pins(tmp_path, monkeypatch):
+    from seqrec.bench.peers import measure
+
+    root = tmp_path / "cache" / "replay"
+    root.mkdir(parents=True)
+    pinned = {"replay-rec": "0.22.0", "torch": "2.13.0+cpu", "requirements": list(envs.PEERS["replay"].requirements)}
+    (root / "versions.json").write_text(json.dumps(pinned))
+    calls = []
+    monkeypatch.setattr(envs, "_pip", lambda *a, **k: calls.append(a))  # no registry in tests
+    assert measure.setup(["seqrec", "replay"], str(tmp_path / "cache"), log=lambda m: None) == {"replay": pinned}
+    assert calls == []
+    (root / "versions.json").write_text(json.dumps({**pinned, "requirements": ["replay-rec==0.21.0"]}))
+    monkeypatch.setattr(envs.subprocess, "run", lambda *a, **k: None)  # no venv creation either
+    monkeypatch.setattr(envs, "versions_of", lambda python, dists: {"torch": "2.13.0+cpu"})
+    envs.ensure_env("replay", tmp_path / "cache", log=lambda m: None)
+    assert [c[1][0] for c in calls] == [envs.TORCH, "-c"]  # torch first, then the peer under the constraint
+    assert (root / "constraints.txt").read_text().strip() == envs.TORCH

@@ -264,11 +264,15 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
 @click.option("--cache-dir", default=None,
               help="Peer environments (default $SEQREC_PEERS_CACHE or ~/.cache/seqrec/peers).")
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False), help="Keep the export and run logs here.")
-@click.option("--setup", is_flag=True, help="Only create the peer environments (pinned versions), then exit.")
-@click.option("--no-install", is_flag=True, help="A missing peer environment is an error row, not installed.")
+# flags default to None (not False) so that table.md's command line shows only the flags given
+@click.option("--setup", is_flag=True, default=None,
+              help="Only create the peer environments (pinned versions), then exit.")
+@click.option("--no-install", is_flag=True, default=None,
+              help="A missing peer environment is an error row, not installed.")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, models: str, threads: int,
-          cache_dir: str | None, work_dir: str | None, setup: bool, no_install: bool, out: Path | None) -> int:
+          cache_dir: str | None, work_dir: str | None, setup: bool | None, no_install: bool | None,
+          out: Path | None) -> int:
     """seqrec next to RecBole, RecTools and RePlay: same split, budgets and threads, one evaluator."""
     from seqrec.bench.common import int_list
     from seqrec.bench.peers import measure as bench_peers
