@@ -305,3 +305,44 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
                    bench_serve.figure(rows), "serve.png")
     click.echo((path / "table.md").read_text())
     return 0
+
+
+@bench.command("peers")
+@click.option("--dataset", default="ml-1m", show_default=True,
+              help="ml-1m, amazon-beauty, ml-100k, another dataset name, a file or a prepared dir (leave-one-out).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
+@click.option("--budgets", default="300,900,2700", show_default=True, help="Training wall-time budgets (s).")
+@click.option("--libraries", default="seqrec,recbole,rectools,replay", show_default=True)
+@click.option("--models", default="sasrec", show_default=True, help="sasrec and/or bert4rec, comma-separated.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Torch threads, all libraries.")
+@click.option("--cache-dir", default=None,
+              help="Peer environments (default $SEQREC_PEERS_CACHE or ~/.cache/seqrec/peers).")
+@click.option("--work-dir", default=None, type=click.Path(file_okay=False), help="Keep the export and run logs here.")
+# flags default to None (not False) so that table.md's command line shows only the flags given
+@click.option("--setup", is_flag=True, default=None,
+              help="Only create the peer environments (pinned versions), then exit.")
+@click.option("--no-install", is_flag=True, default=None,
+              help="A missing peer environment is an error row, not installed.")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, models: str, threads: int,
+          cache_dir: str | None, work_dir: str | None, setup: bool | None, no_install: bool | None,
+          out: Path | None) -> int:
+    """seqrec next to RecBole, RecTools and RePlay: same split, budgets and threads, one evaluator."""
+    from seqrec.bench.common import int_list
+    from seqrec.bench.peers import measure as bench_peers
+    from seqrec.bench.peers.plot import time_to_quality
+
+    libs = bench_peers.check_names(libraries, bench_peers.LIBRARIES, "--libraries")
+    if setup:
+        bench_peers.setup(libs, cache_dir, _log)
+        return 0
+    if out is None:
+        raise ConfigError("--out is required (unless --setup)")
+    records = bench_peers.measure(dataset, data_dir, int_list(budgets, "--budgets"), libs,
+                                  bench_peers.check_names(models, bench_peers.MODELS, "--models"), threads,
+                                  cache_dir, work_dir, not no_install, _log)
+    path = _finish(out, records, bench_peers.COLUMNS, "Side by side: seqrec, RecBole, RecTools, RePlay",
+                   time_to_quality(records), "time_to_quality.png")
+    click.echo((path / "table.md").read_text())
+    return 0

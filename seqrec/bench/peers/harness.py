@@ -1,0 +1,79 @@
+"""Run one library's runner in a subprocess: wall-clock limit, peak RSS, a one-line error.
+
+Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (the kernel's high-water mark of the
+runner process, the way ``/usr/bin/time -v`` reports it), so runs measured one after another do
+not mix. Every library gets the same thread settings: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in
+the environment and ``torch.set_num_threads`` in the runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from seqrec.errors import shorten
+
+_NOISE = ("warning", "warn(", "tip:", "  ")  # lines that are not the failure's last word
+
+
+def last_error_line(log: str) -> str:
+    """The line that says why a runner failed: the last line of the log that is not a warning or an
+    indented traceback line (Python prints ``ExcType: message`` last)."""
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if not ln.lower().startswith(_NOISE) and "Warning:" not in ln:
+            return shorten(ln.strip(), 240)
+    return shorten(lines[-1].strip(), 240) if lines else "no output"
+
+
+def run_runner(python: str | os.PathLike, script: str | os.PathLike, settings: dict[str, Any], work: Path,
+               timeout_s: float, threads: int, pythonpath: str | None = None) -> dict[str, Any]:
+    """Run ``python script settings.json`` in ``work`` -> the runner's result.json plus ``wall_s``,
+    ``peak_rss_mb`` and ``error`` (None, or the one-line reason: exit status, timeout, missing output).
+    ``pythonpath``: the child's PYTHONPATH (None: unset, so a peer sees only its own environment)."""
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "topk.parquet"):  # a reused --work-dir must not pass off an old run
+        (work / stale).unlink(missing_ok=True)
+    settings = {**settings, "out": str(work)}
+    (work / "settings.json").write_text(json.dumps(settings, indent=1))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
+               TQDM_DISABLE="1", **({"PYTHONPATH": pythonpath} if pythonpath else {}))
+    t0 = time.perf_counter()
+    with open(work / "log.txt", "w") as log:
+        proc = subprocess.Popen([str(python), str(script), str(work / "settings.json")], cwd=work, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        status, usage, timed_out = _wait(proc, timeout_s)
+    wall = time.perf_counter() - t0
+    rec: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024 if usage else None, "error": None}
+    result = work / "result.json"
+    if timed_out:
+        rec["error"] = f"timed out after {timeout_s:.0f} s"
+    elif status != 0:
+        rec["error"] = last_error_line((work / "log.txt").read_text(errors="replace"))
+    elif not result.exists() or not (work / "topk.parquet").exists():
+        rec["error"] = "the runner wrote no result.json / topk.parquet"
+    if rec["error"] is None:
+        rec.update(json.loads(result.read_text()))
+    return rec
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, Any, bool]:
+    """Wait for ``proc`` up to ``timeout_s`` -> (exit code, rusage, timed out); kills its process group."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage, False
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage, True
+        time.sleep(0.2)

@@ -1,0 +1,126 @@
+"""The cases x budgets loop of ``seqrec bench peers`` -> flat records (one per library, model,
+loss and budget), every top-k scored by ``seqrec.bench.peers.score``."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from seqrec.bench.peers import envs
+from seqrec.errors import ConfigError, SeqrecError
+
+HERE = Path(__file__).resolve().parent
+LIBRARIES = ("seqrec", "recbole", "rectools", "replay")
+MODELS = ("sasrec", "bert4rec")
+# the losses each library runs for SASRec (BERT4Rec: ce only): full CE for all, plus the direct
+# peers of our SCE (RePlay's SCE) and of our gBCE (RecTools' gBCE)
+LOSSES = {"seqrec": ("ce", "sce", "gbce"), "recbole": ("ce",), "rectools": ("ce", "gbce"), "replay": ("ce", "sce")}
+# one model and training setup for everyone (protocol.md's reference SASRec); the
+# per-dataset changes follow seqrec/configs (Beauty: dropout 0.6)
+SETTINGS: dict[str, Any] = {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2, "batch_size": 128,
+                            "lr": 1e-3, "k": 20, "seed": 0, "n_negatives": 256, "gbce_t": 0.75, "mask_prob": 0.2}
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {"amazon-beauty": {"dropout": 0.6}}
+COLUMNS = ["library", "version", "dataset", "model", "loss", "budget_s", "ndcg@10", "hr@10", "peer_ndcg@10",
+           "epochs", "train_s", "eval_s", "peak_rss_mb", "error"]
+
+
+def check_names(text: str, known: tuple[str, ...], opt: str) -> list[str]:
+    """Comma-separated names, each one of ``known`` (ConfigError naming ``opt`` otherwise)."""
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise ConfigError(f"{opt}: unknown {', '.join(bad) or 'empty list'}; choose from {', '.join(known)}")
+    return names
+
+
+def cases(libraries: list[str], models: list[str]) -> Iterator[tuple[str, str, str]]:
+    """(library, model, loss) in run order."""
+    for model in models:
+        for lib in libraries:
+            for loss in LOSSES[lib] if model == "sasrec" else ("ce",):
+                yield lib, model, loss
+
+
+def setup(libraries: list[str], cache_dir: str | None, log: Callable[[str], None]) -> dict[str, dict]:
+    """Create (or check) the environment of every peer in ``libraries`` -> {lib: versions}."""
+    out = {}
+    for lib in libraries:
+        if lib in envs.PEERS:
+            envs.ensure_env(lib, cache_dir, log)
+            out[lib] = envs.versions(lib, cache_dir)
+            log(f"{lib}: ready in {envs.cache_root(cache_dir) / lib}: {out[lib]}")
+    return out
+
+
+def runner_for(lib: str, cache_dir: str | None, install: bool, log: Callable[[str], None]) -> tuple:
+    """(python, runner script, PYTHONPATH, version) of ``lib``; SeqrecError when its environment is
+    missing and ``install`` is off, or when creating it fails."""
+    if lib == "seqrec":
+        import seqrec
+
+        root = str(Path(seqrec.__file__).resolve().parents[1])
+        return sys.executable, HERE / "run_seqrec.py", root, seqrec.__version__
+    if not envs.is_ready(lib, cache_dir) and not install:
+        raise SeqrecError(f"no {lib} environment in {envs.cache_root(cache_dir) / lib}: "
+                          "run `seqrec bench peers --setup` first")
+    python = envs.ensure_env(lib, cache_dir, log)
+    version = envs.versions(lib, cache_dir).get(envs.PEERS[lib].dists[0])
+    return python, HERE / envs.PEERS[lib].runner, None, version
+
+
+def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Path, work: Path, threads: int,
+             cache_dir: str | None, install: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """One library / model / loss at one budget -> its flat record (``error`` set when it failed)."""
+    from seqrec.bench.peers.harness import run_runner
+    from seqrec.bench.peers.score import score_topk
+
+    lib, model, loss = case
+    rec: dict[str, Any] = {"library": lib, "version": None, "dataset": data.name, "model": model, "loss": loss,
+                           "budget_s": budget, "threads": threads, "ndcg@10": None, "hr@10": None,
+                           "peer_ndcg@10": None, "peer_hr@10": None, "epochs": None, "steps": None, "train_s": None,
+                           "eval_s": None, "peak_rss_mb": None, "wall_s": None, "error": None}
+    try:
+        python, script, pythonpath, rec["version"] = runner_for(lib, cache_dir, install, log)
+    except SeqrecError as e:
+        return {**rec, "error": str(e)}
+    settings = {**SETTINGS, **DATASET_SETTINGS.get(data.name, {}), "export": str(export_dir), "model": model,
+                "loss": loss, "budget_s": budget, "threads": threads, "recbole_dataset": "seqrec"}
+    res = run_runner(python, script, settings, work, timeout_s=2 * budget + 1200, threads=threads,
+                     pythonpath=pythonpath)
+    for key in ("epochs", "steps", "train_s", "eval_s", "peak_rss_mb", "wall_s", "error"):
+        rec[key] = res.get(key)
+    peer = res.get("peer_metrics") or {}
+    rec["peer_ndcg@10"] = peer.get("ndcg@10")
+    rec["peer_hr@10"] = peer.get("hr@10", peer.get("hit@10", peer.get("hitrate@10")))
+    if rec["error"] is None:
+        m = score_topk(work / "topk.parquet", data.test, data.n_items, 10)
+        rec.update({"ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"], "users": m["users"],
+                    "missing_users": m["missing_users"], "seen_removed": m["seen_removed"]})
+    return rec
+
+
+def measure(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
+            threads: int, cache_dir: str | None, work_dir: str | None, install: bool,
+            log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Export ``dataset``'s leave-one-out split once, run every case at every budget -> records."""
+    from seqrec.bench.peers.export import export
+    from seqrec.data import load_dataset
+
+    data = load_dataset(dataset, data_dir=data_dir)
+    with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
+        work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
+        export_dir = export(data, work / "export")
+        log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
+        records = []
+        for budget in budgets:
+            for case in cases(libraries, models):
+                log(f"[{budget} s] {' '.join(case)} ...")
+                rec = run_case(case, budget, data, export_dir, work / f"{budget}s" / "-".join(case), threads,
+                               cache_dir, install, log)
+                shown = f"NDCG@10 {rec['ndcg@10']:.4f}" if rec["ndcg@10"] is not None else f"error: {rec['error']}"
+                log(f"[{budget} s] {' '.join(case)}: {shown}")
+                records.append(rec)
+        return records

@@ -1,0 +1,33 @@
+"""The time-to-quality figure of ``seqrec bench peers``: test NDCG@10 against training wall time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+
+
+def time_to_quality(records: list[dict[str, Any]]) -> Figure:
+    """One line per library / model / loss: the test NDCG@10 (seqrec's evaluator) reached at each
+    budget, against the training seconds actually used; failed cases are left out."""
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.get("ndcg@10") is None or r.get("train_s") is None:
+            continue
+        key = f"{r['library']} {r['model']} {r['loss']}"
+        lines.setdefault(key, []).append((float(r["train_s"]), float(r["ndcg@10"])))
+    for key, pts in sorted(lines.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    if not lines:
+        ax.text(0.5, 0.5, "no successful case", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8)
+    datasets = sorted({str(r.get("dataset")) for r in records})
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel("test NDCG@10 (seqrec's evaluator)")
+    ax.set_title(f"Time to quality: {', '.join(datasets)}")
+    ax.grid(alpha=0.3)
+    return fig
