@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from seqrec.bench.fidelity import DEFAULT_SPECS
+from seqrec.cli import LazyGroup
 from seqrec.cli.options import overrides, set_option
 from seqrec.errors import ConfigError
 from seqrec.registry import LOSSES, RETRIEVERS
@@ -50,7 +51,11 @@ def _finish(out: Path, records: list[dict], columns: list[str], title: str, figu
     return path
 
 
-@click.group()
+# the systems benchmarks live in cli/bench_systems.py (imported only when one of them runs)
+SYSTEMS = ("scale", "serve", "peers")
+
+
+@click.group(cls=LazyGroup, lazy={name: f"seqrec.cli.bench_systems:{name}" for name in SYSTEMS})
 def bench() -> None:
     """Benchmarks: every command takes --out DIR and writes table.md, a PNG plot and results.json."""
 
@@ -248,101 +253,5 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
     records = bench_throughput.run_all(config, names, data_dir, steps, batch_size, warmup, overrides(sets), log=_log)
     path = _finish(out, records, bench_throughput.COLUMNS, "Training step throughput by part",
                    throughput_figure(records, bench_throughput.PARTS), "throughput.png")
-    click.echo((path / "table.md").read_text())
-    return 0
-
-
-@bench.command("scale")
-@click.option("--items", default="10000,100000,1000000", show_default=True, help="Catalog sizes, comma-separated.")
-@click.option("--loss", "losses_", default="sce,rece,ce_chunked,sampled_softmax,ce", show_default=True,
-              help="Losses, comma-separated, of: " + ", ".join(LOSSES.names()) + ".")
-@click.option("--users", default=200_000, show_default=True, type=click.IntRange(min=100), help="Users per data set.")
-@click.option("--budget", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="Training seconds per case before validation.")
-@click.option("--steps", default=5, show_default=True, type=click.IntRange(min=1), help="Timed steps per case.")
-@click.option("--valid-users", default=5000, show_default=True, type=click.IntRange(min=1),
-              help="Validation users (fixed seeded sample).")
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch threads per case (default: torch's).")
-@click.option("--cache", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Where the prepared data sets are kept (default: OUT/data).")
-@click.option("--device", default="auto", show_default=True, help="train.device of every case (auto, cpu, cuda).")
-@OUT
-def scale(items: str, losses_: str, users: int, budget: float, steps: int, valid_users: int, threads: int | None,
-          cache: Path | None, device: str, out: Path) -> int:
-    """Step time, epoch time, peak RSS and validation NDCG@10 after a budget, as the catalog grows."""
-    from seqrec.bench import scale as bench_scale
-    from seqrec.bench.common import int_list, names_list
-    from seqrec.bench.plot import scale_figure
-
-    sizes, names = int_list(items, "--items"), names_list(losses_, LOSSES, "--loss")
-    records = bench_scale.run_all(sizes, names, users, budget, steps, valid_users, cache or out / "data", threads,
-                                  log=_log, device=device)
-    path = _finish(out, records, bench_scale.COLUMNS, "Training at growing catalogs", scale_figure(records),
-                   "scale.png")
-    click.echo((path / "table.md").read_text())
-    return 0
-
-
-@bench.command("serve")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where ml-1m lives.")
-@click.option("--items", "n_items", default=1_000_000, show_default=True, type=click.IntRange(min=0),
-              help="Synthetic catalog size for the exact vs faiss-ivf rows (0: ML-1M only).")
-@click.option("--requests", default=300, show_default=True, type=click.IntRange(min=10), help="Single requests timed.")
-@click.option("--batch", default=256, show_default=True, type=click.IntRange(min=1), help="Users per batch call.")
-@click.option("--train-s", default=60.0, show_default=True, type=click.FloatRange(min=1),
-              help="Training budget of the ML-1M model (latency does not depend on its quality).")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0), help="Encoder threads.")
-@OUT
-def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> int:
-    """Serving latency (p50/p99, single user) and batch throughput: ML-1M exact, NUM items exact vs IVF."""
-    import tempfile
-
-    from seqrec.bench import serve as bench_serve
-
-    with tempfile.TemporaryDirectory(prefix="seqrec-bench-serve-") as work:
-        rows = bench_serve.run_all(Path(work), data_dir, n_items, requests, batch, train_s, threads, log=_log)
-    path = _finish(out, rows, bench_serve.COLUMNS, "Serving latency and throughput (seqrec.serving, CPU)",
-                   bench_serve.figure(rows), "serve.png")
-    click.echo((path / "table.md").read_text())
-    return 0
-
-
-@bench.command("peers")
-@click.option("--dataset", default="ml-1m", show_default=True,
-              help="ml-1m, amazon-beauty, ml-100k, another dataset name, a file or a prepared dir (leave-one-out).")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
-@click.option("--budgets", default="300,900,2700", show_default=True, help="Training wall-time budgets (s).")
-@click.option("--libraries", default="seqrec,recbole,rectools,replay", show_default=True)
-@click.option("--models", default="sasrec", show_default=True, help="sasrec and/or bert4rec, comma-separated.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Torch threads, all libraries.")
-@click.option("--cache-dir", default=None,
-              help="Peer environments (default $SEQREC_PEERS_CACHE or ~/.cache/seqrec/peers).")
-@click.option("--work-dir", default=None, type=click.Path(file_okay=False), help="Keep the export and run logs here.")
-# flags default to None (not False) so that table.md's command line shows only the flags given
-@click.option("--setup", is_flag=True, default=None,
-              help="Only create the peer environments (pinned versions), then exit.")
-@click.option("--no-install", is_flag=True, default=None,
-              help="A missing peer environment is an error row, not installed.")
-@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, models: str, threads: int,
-          cache_dir: str | None, work_dir: str | None, setup: bool | None, no_install: bool | None,
-          out: Path | None) -> int:
-    """seqrec next to RecBole, RecTools and RePlay: same split, budgets and threads, one evaluator."""
-    from seqrec.bench.common import int_list
-    from seqrec.bench.peers import measure as bench_peers
-    from seqrec.bench.peers.plot import time_to_quality
-
-    libs = bench_peers.check_names(libraries, bench_peers.LIBRARIES, "--libraries")
-    if setup:
-        bench_peers.setup(libs, cache_dir, _log)
-        return 0
-    if out is None:
-        raise ConfigError("--out is required (unless --setup)")
-    records = bench_peers.measure(dataset, data_dir, int_list(budgets, "--budgets"), libs,
-                                  bench_peers.check_names(models, bench_peers.MODELS, "--models"), threads,
-                                  cache_dir, work_dir, not no_install, _log)
-    path = _finish(out, records, bench_peers.COLUMNS, "Side by side: seqrec, RecBole, RecTools, RePlay",
-                   time_to_quality(records), "time_to_quality.png")
     click.echo((path / "table.md").read_text())
     return 0
