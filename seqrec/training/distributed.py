@@ -76,7 +76,12 @@ def setup() -> bool:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    timeout = timedelta(minutes=30)
+    # torchrun's store outlives a restart (--max-restarts): without a prefix of its own, a restarted
+    # group would read the killed attempt's gloo addresses from it and fail to connect
+    store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"seqrec/attempt_{restart_count()}", store)
+    dist.init_process_group(backend=backend, store=store, rank=rank_, world_size=world, timeout=timeout)
     return True
 
 
@@ -230,7 +235,20 @@ def wrap(trainer: Any) -> torch.nn.parallel.DistributedDataParallel:
     ddp = torch.nn.parallel.DistributedDataParallel
     sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters \
         else {"broadcast_buffers": False}  # torch before 2.13
-    return ddp(trainer.objective, device_ids=[dev.index] if dev.type == "cuda" else None, **sync)
+    model = ddp(trainer.objective, device_ids=[dev.index] if dev.type == "cuda" else None, **sync)
+    trainer.comm = {"bytes": 0, "steps": 0}
+    model.register_comm_hook(trainer.comm, _counted_allreduce)
+    return model
+
+
+def _counted_allreduce(state, bucket):  # noqa: ANN001, ANN202 (DDP checks hook annotations by identity)
+    """DDP's own all-reduce of a gradient bucket (``default_hooks.allreduce_hook``), counting its bytes
+    (``train_info.json``'s ``allreduce_mb_per_step``: the communication volume ``seqrec bench distributed`` reports)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    buf = bucket.buffer()
+    state["bytes"] += buf.numel() * buf.element_size()
+    return default_hooks.allreduce_hook(None, bucket)
 
 
 def ddp_step(trainer: Any, sel: np.ndarray, state: Any) -> tuple[float | None, dict[str, float]]:
@@ -248,7 +266,7 @@ def ddp_step(trainer: Any, sel: np.ndarray, state: Any) -> tuple[float | None, d
     inputs, targets, has, ctx = trainer._batch(sel)
     trainer.objective.ctx = ctx
     value, n = trainer.ddp(inputs, targets, has)
-    trainer.last_tokens = n
+    trainer.last_tokens, trainer.comm["steps"] = n, trainer.comm["steps"] + 1
     trainer.optimizer.zero_grad(set_to_none=True)
     loss = mean([float(value.detach())], torch.device("cpu"))[0]
     scale = n / trainer.mean_targets if t.group_by_length else 1.0

@@ -271,6 +271,7 @@ class Trainer:
                 "wall_s": state.elapsed, "peak_rss_mb": peak_rss_mb(),
                 "stopped": state.stop.message if state.stop else "", "world_size": self.world,
                 "peak_rss_mb_ranks": distributed.gather_all(peak_rss_mb()) if self.world > 1 else None,
+                "allreduce_mb_per_step": self.comm["bytes"] / 2**20 / max(self.comm["steps"], 1) if self.ddp else None,
                 "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None}
 
     # ---------------------------------------------------------------- batches
