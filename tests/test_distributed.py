@@ -91,6 +91,13 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
             assert got[split] == want, (r, split)
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # between the renames of a checkpoint save
+        return 0.0
+
+
 def _rank_pid(tag: str, rank: int) -> int | None:
     """The pid of the torchrun worker of ``rank`` started with SEQREC_TEST_TAG=tag (our own child)."""
     for d in Path("/proc").iterdir():
@@ -129,7 +136,7 @@ def test_sigkill_of_a_rank_restarts_and_resumes_to_the_same_metrics(tmp_path):
         while not metrics.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         # then a checkpoint inside epoch 2 (every 4 steps), so the resume continues mid-epoch
-        while metrics.exists() and last.stat().st_mtime <= metrics.stat().st_mtime and proc.poll() is None \
+        while metrics.exists() and _mtime(last) <= _mtime(metrics) and proc.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         pid = _rank_pid(tag, 1)
