@@ -159,3 +159,50 @@ def _popularity_ndcg(run: Path) -> float:
     pop = SeqRec.from_config({**SeqRec.load(run).get_config(), "model": {"name": "pop"}})
     pop.fit(log=lambda s: None)
     return pop.evaluate(split="test", metrics_only=True)["ndcg@10"]
+
+
+def test_every_batch_is_dealt_and_every_rank_takes_as_many_steps():
+    """Round-robin dealing with wrap-around padding: each rank ceil(n / W) steps, every batch trained
+    at least once, at most W - 1 twice; 1 rank is the single-process order."""
+    from seqrec.training.distributed import batch_index, shard_steps
+
+    for n, world in ((10, 2), (10, 3), (2, 4), (7, 1)):
+        steps = shard_steps(n, world)
+        dealt = [batch_index(s, r, world, n) for r in range(world) for s in range(steps)]
+        assert len(dealt) == steps * world and set(dealt) == set(range(n))
+        assert len(dealt) - n < world
+    assert [batch_index(s, 0, 1, 7) for s in range(7)] == list(range(7))
+
+
+def test_launch_drops_devices_and_goes_through_torchrun():
+    from seqrec.training.distributed import launch_args
+
+    cmd = launch_args(3, ["fit", "--devices", "3", "--set", "train.epochs=1", "--devices=3", "--out", "r"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", "-m", "seqrec", "fit",
+                       "--set", "train.epochs=1", "--out", "r"]
+
+
+def test_checkpoint_of_another_world_size_restarts_its_epoch():
+    """A mid-epoch checkpoint resumed by the same world size keeps its order and step; by another
+    world size its epoch restarts from the first step, with a note."""
+    import numpy as np
+
+    from seqrec.config import Config
+    from seqrec.data import load_dataset
+    from seqrec.registry import LOSSES, MODELS
+    from seqrec.training import Trainer
+    from seqrec.training.state import TrainState, capture, restore
+
+    cfg = Config.from_tree().with_overrides({"model.d": 16, "model.n_blocks": 1, "model.max_len": 20})
+    data = load_dataset("synthetic")
+    logs: list[str] = []
+    tr = Trainer(cfg, MODELS.build("sasrec", data.n_items, **cfg.model.params), LOSSES.build("ce"), data,
+                 log=logs.append)
+    tr._setup()
+    ck = capture(tr, TrainState(epoch=2, step=3, global_step=40, perm=np.arange(len(tr.windows))))
+    same = restore(tr, ck)
+    assert same.step == 3 and same.perm is not None and not logs
+    ck["state"]["world_size"] = 2
+    other = restore(tr, ck)
+    assert other.step == 0 and other.perm is None and other.epoch == 2 and other.global_step == 40
+    assert "epoch 3 restarts from its first step" in logs[0]

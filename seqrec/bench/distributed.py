@@ -33,6 +33,19 @@ COLUMNS = ["part", "procs", "seed", "loss", "epoch_s", "wall_s", "peak_rss_mb", 
            "sparse_gather_mb_per_rank"]
 
 
+def seed_list(text: str) -> list[int]:
+    """``"0,1"`` -> [0, 1]; a ConfigError naming ``--seeds`` unless they are integers >= 0."""
+    from seqrec.errors import ConfigError
+
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"--seeds: expected comma-separated integers >= 0, got {text!r}")
+    return seeds
+
+
 def _fit(procs: int, seed: int, epochs: int, batch_size: int, sets: list[str], out: Path) -> dict[str, Any]:
     """One ``seqrec fit`` (``procs`` > 1: under torchrun) -> its record."""
     per_rank = max(1, batch_size // procs)

@@ -266,10 +266,10 @@ def distributed(procs: int, seeds: str, epochs: int, batch_size: int, losses_: t
                 sets: tuple[str, ...], out: Path) -> int:
     """1 vs N training processes (torchrun, gloo) and the gradient all-reduce volume per step per loss."""
     from seqrec.bench import distributed as bench_distributed
-    from seqrec.bench.common import int_list
 
     names = [LOSSES.check_name(n, "--loss") for n in losses_ or ("ce", "sce", "rece")]
-    records = bench_distributed.scaling(procs, int_list(seeds, "--seeds"), epochs, batch_size, list(sets), log=_log)
+    seed_list = bench_distributed.seed_list(seeds)
+    records = bench_distributed.scaling(procs, seed_list, epochs, batch_size, list(sets), log=_log)
     records += bench_distributed.traffic(None, names, procs, steps, overrides(sets), log=_log)
     path = _finish(out, records, bench_distributed.COLUMNS, f"Distributed training: 1 vs {procs} processes",
                    bench_distributed.figure(records), "distributed.png")

@@ -65,10 +65,18 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
 
 
 def _follow(payload: dict[str, Any]) -> int:
-    """A rank > 0 under torchrun: train rank 0's run (no run directory: rank 0 writes everything)."""
+    """A rank > 0 under torchrun: train rank 0's run (no run directory: rank 0 writes everything); on
+    resume from the run's data copy where this machine sees it (one node), else the config's data set."""
     from seqrec.api import SeqRec
+    from seqrec.rundir import RunDir
+    from seqrec.training import TrainingInterrupted
 
-    SeqRec(config=payload["config"]).fit(resume=payload["resume"], log=lambda s: None, force=payload["force"])
+    run = RunDir(payload["run"])
+    data = str(run.data) if payload["resume"] and run.has_data() else None
+    try:
+        SeqRec(config=payload["config"]).fit(data, resume=payload["resume"], log=lambda s: None, force=payload["force"])
+    except TrainingInterrupted as e:
+        return 128 + e.signum
     return 0
 
 
@@ -140,7 +148,7 @@ def _train(cfg: Any, run: Any, resume: bool, baseline: bool, force: bool) -> int
     from seqrec.api import SeqRec
     from seqrec.training import TrainingInterrupted, distributed
 
-    distributed.announce({"config": cfg.to_dict(), "resume": resume, "force": force})  # the other ranks' cue
+    distributed.announce({"config": cfg.to_dict(), "resume": resume, "force": force, "run": str(run.path)})
     rec = SeqRec(config=cfg)
     try:  # with a run directory the trainer turns SIGINT/SIGTERM into a checkpoint and TrainingInterrupted
         rec.fit(run_dir=run.path, resume=resume, log=lambda s: click.echo(s, err=True), force=force)

@@ -121,7 +121,12 @@ def run_fit(devices: int | None, body: Callable[[], int], follow: Callable[[dict
     if devices is not None and devices > 1 and env_world_size() <= 1:
         if "fit" not in sys.argv[1:]:
             raise SeqrecError("--devices relaunches `seqrec fit …` through torchrun: run it from the command line")
-        return subprocess.call(launch_args(devices, sys.argv[1:]))
+        proc = subprocess.Popen(launch_args(devices, sys.argv[1:]))
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # torchrun got the same SIGINT: it stops the ranks (rank 0 saves)
+                continue
     if devices is not None and env_world_size() > 1 and devices != env_world_size():
         raise SeqrecError(f"--devices {devices} under torchrun with {env_world_size()} processes: drop --devices")
     if not setup():

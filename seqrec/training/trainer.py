@@ -28,9 +28,10 @@ from seqrec.evaluation.defaults import valid_subset
 from seqrec.evaluation.sharded import evaluate_sharded
 from seqrec.losses.base import Loss, LossContext
 from seqrec.rundir import RunDir
+from seqrec.training import callbacks as builtin
 from seqrec.training import distributed
 from seqrec.training.batches import causal_batch, epoch_order, history_csr, make_windows, masked_batch
-from seqrec.training.callbacks import Callback, EarlyStopping, ProgressBar, TrainingInterrupted, default_callbacks
+from seqrec.training.callbacks import Callback, TrainingInterrupted, default_callbacks
 from seqrec.training.checkpoint import save_checkpoint
 from seqrec.training.memory import available_bytes, check_fits, predicted_step
 from seqrec.training.optim import OptimizerFactory, build_optimizer
@@ -61,8 +62,11 @@ class Trainer:
         self.device = distributed.device_for(resolve_device(cfg.train.device))
         self.fingerprint = data.meta.get("fingerprint", "")
         self.callbacks = [*callbacks, *default_callbacks(cfg.train, self.run)]
-        if self.rank:  # no bar, no best-weights copy: rank 0's decisions are broadcast (_sync_stop)
-            self.callbacks = [c for c in self.callbacks if not isinstance(c, ProgressBar | EarlyStopping)]
+        if self.rank:  # no bar, no best-weights copy: rank 0's decisions are broadcast (_sync_stop); on
+            # SIGTERM (torchrun forwards it) finish the step, so that rank 0 can finish it and save
+            quiet = (builtin.ProgressBar, builtin.EarlyStopping)
+            self.callbacks = [c for c in self.callbacks if not isinstance(c, quiet)]
+            self.callbacks.append(builtin.SignalStop())
         self.ddp: Any = None  # the DistributedDataParallel step module under torchrun
 
     # ---------------------------------------------------------------- the loop
@@ -102,8 +106,8 @@ class Trainer:
         self._call("on_epoch_start", state)
         while state.step < self.n_batches and state.stop is None:
             b = distributed.batch_index(state.step, self.rank, self.world, self.epoch_batches)
-            step = distributed.ddp_step if self.ddp is not None else Trainer._step
-            loss, stats = step(self, state.perm[b * B:(b + 1) * B], state)
+            sel = state.perm[b * B:(b + 1) * B]
+            loss, stats = distributed.ddp_step(self, sel, state) if self.ddp is not None else self._step(sel, state)
             state.step += 1
             state.global_step += 1
             sums.add(loss, stats)
