@@ -258,19 +258,22 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
               help="Effective batch (per rank: this / --procs).")
-@click.option("--loss", "losses_", multiple=True, help="Loss of the traffic part (repeatable). Default: ce, sce, rece.")
+@click.option("--loss", "losses_", multiple=True,
+              help="Loss of the traffic part (repeatable). Default: ce, sce, rece, sampled_softmax.")
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Steps per loss (traffic).")
+@click.option("--items", default=20_000, show_default=True, type=click.IntRange(min=2),
+              help="Synthetic catalog size of the traffic part.")
 @set_option("Config override of every run, e.g. model.d=32 (repeatable).")
 @OUT
 def distributed(procs: int, seeds: str, epochs: int, batch_size: int, losses_: tuple[str, ...], steps: int,
-                sets: tuple[str, ...], out: Path) -> int:
+                items: int, sets: tuple[str, ...], out: Path) -> int:
     """1 vs N training processes (torchrun, gloo) and the gradient all-reduce volume per step per loss."""
     from seqrec.bench import distributed as bench_distributed
 
-    names = [LOSSES.check_name(n, "--loss") for n in losses_ or ("ce", "sce", "rece")]
+    names = [LOSSES.check_name(n, "--loss") for n in losses_ or ("ce", "sce", "rece", "sampled_softmax")]
     seed_list = bench_distributed.seed_list(seeds)
     records = bench_distributed.scaling(procs, seed_list, epochs, batch_size, list(sets), log=_log)
-    records += bench_distributed.traffic(None, names, procs, steps, overrides(sets), log=_log)
+    records += bench_distributed.traffic(None, names, procs, steps, overrides(sets), items, log=_log)
     path = _finish(out, records, bench_distributed.COLUMNS, f"Distributed training: 1 vs {procs} processes",
                    bench_distributed.figure(records), "distributed.png")
     click.echo((path / "table.md").read_text())
