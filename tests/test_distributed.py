@@ -206,3 +206,16 @@ def test_checkpoint_of_another_world_size_restarts_its_epoch():
     other = restore(tr, ck)
     assert other.step == 0 and other.perm is None and other.epoch == 2 and other.global_step == 40
     assert "epoch 3 restarts from its first step" in logs[0]
+
+
+@pytest.mark.slow
+def test_two_gpus_train_through_nccl(tmp_path):
+    """Where a machine has 2 GPUs: the same command on CUDA (NCCL for the gradients) trains and
+    writes one run; CPU-only CI skips it."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    res = _fit(tmp_path / "gpu", "--set", "train.epochs=1", "--device", "cuda")
+    info = json.loads((tmp_path / "gpu" / "train_info.json").read_text())
+    assert info["world_size"] == 2 and info["cuda_peak_mb"] > 0 and res["test"]["ndcg@10"] > 0
