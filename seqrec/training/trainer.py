@@ -61,12 +61,11 @@ class Trainer:
             self.run, self.log = None, lambda s: None
         self.device = distributed.device_for(resolve_device(cfg.train.device))
         self.fingerprint = data.meta.get("fingerprint", "")
-        self.callbacks = [*callbacks, *default_callbacks(cfg.train, self.run)]
-        if self.rank:  # no bar, no best-weights copy: rank 0's decisions are broadcast (_sync_stop); on
-            # SIGTERM (torchrun forwards it) finish the step, so that rank 0 can finish it and save
-            quiet = (builtin.ProgressBar, builtin.EarlyStopping)
-            self.callbacks = [c for c in self.callbacks if not isinstance(c, quiet)]
-            self.callbacks.append(builtin.SignalStop())
+        # ranks > 0 run none of the built-ins (bar, logs, best weights, checkpoints, trackers): rank 0's
+        # stop decisions are broadcast (_sync_stop); on SIGTERM (torchrun forwards it) they finish the
+        # step, so that rank 0 can finish it too and save
+        self.callbacks = [*callbacks, *(default_callbacks(cfg.train, self.run) if not self.rank
+                                        else [builtin.SignalStop()])]
         self.ddp: Any = None  # the DistributedDataParallel step module under torchrun
 
     # ---------------------------------------------------------------- the loop
