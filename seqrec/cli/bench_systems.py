@@ -1,6 +1,6 @@
-"""``seqrec bench scale / serve / peers``: the systems benchmarks (training as the catalog grows,
-serving latency, other libraries side by side). Registered lazily on the ``bench`` group of
-``cli/bench.py``, whose helpers (``OUT``, ``_finish``, ``_log``) they share.
+"""``seqrec bench scale / serve / peers / distributed``: the systems benchmarks (training as the
+catalog grows, serving latency, other libraries side by side, 1 vs N processes). Registered lazily
+on the ``bench`` group of ``cli/bench.py``, whose helpers (``OUT``, ``_finish``, ``_log``) they share.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from seqrec.cli.bench import OUT, _finish, _log
+from seqrec.cli.options import overrides, set_option
 from seqrec.errors import ConfigError
 from seqrec.registry import LOSSES
 
@@ -106,5 +107,33 @@ def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, mode
                                   cache_dir, work_dir, not no_install, _log)
     path = _finish(out, records, bench_peers.COLUMNS, "Side by side: seqrec, RecBole, RecTools, RePlay",
                    time_to_quality(records), "time_to_quality.png")
+    click.echo((path / "table.md").read_text())
+    return 0
+
+
+@click.command("distributed")
+@click.option("--procs", default=2, show_default=True, type=click.IntRange(min=2), help="Processes to compare with 1.")
+@click.option("--seeds", default="0,1", show_default=True, help="Seeds of the scaling runs, comma-separated.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Effective batch (per rank: this / --procs).")
+@click.option("--loss", "losses_", multiple=True,
+              help="Loss of the traffic part (repeatable). Default: ce, sce, rece, sampled_softmax.")
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Steps per loss (traffic).")
+@click.option("--items", default=20_000, show_default=True, type=click.IntRange(min=2),
+              help="Synthetic catalog size of the traffic part.")
+@set_option("Config override of every run, e.g. model.d=32 (repeatable).")
+@OUT
+def distributed(procs: int, seeds: str, epochs: int, batch_size: int, losses_: tuple[str, ...], steps: int,
+                items: int, sets: tuple[str, ...], out: Path) -> int:
+    """1 vs N training processes (torchrun, gloo) and the gradient all-reduce volume per step per loss."""
+    from seqrec.bench import distributed as bench_distributed
+
+    names = [LOSSES.check_name(n, "--loss") for n in losses_ or ("ce", "sce", "rece", "sampled_softmax")]
+    seed_list = bench_distributed.seed_list(seeds)
+    records = bench_distributed.scaling(procs, seed_list, epochs, batch_size, list(sets), log=_log)
+    records += bench_distributed.traffic(None, names, procs, steps, overrides(sets), items, log=_log)
+    path = _finish(out, records, bench_distributed.COLUMNS, f"Distributed training: 1 vs {procs} processes",
+                   bench_distributed.figure(records), "distributed.png")
     click.echo((path / "table.md").read_text())
     return 0

@@ -59,14 +59,46 @@ def _help_configs() -> str:
 @click.option("--force", is_flag=True, help="Train even if one step is predicted not to fit the free memory.")
 @click.option("--dry-run", is_flag=True, help="Validate, read the data, plan the memory and print it; train "
                                               "nothing, write nothing.")
+@click.option("--devices", type=click.IntRange(min=1), default=None,
+              help="Train on N processes (N GPUs, or N CPU processes): relaunches through torchrun "
+                   "(torch.distributed.run); see docs/distributed.md.")
 @plugin_option
 def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, strict, baseline,
-        force, dry_run) -> int:
+        force, dry_run, devices) -> int:
     """Train a model, evaluate it on validation and test, and save the run.
 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
+    Under torchrun, rank 0 runs this command and the other ranks train what it announces.
     """
+    from seqrec.training import distributed
+
+    return distributed.run_fit(devices, lambda: _fit(config, dataset, data_dir, fmt, model, loss, sets, device, out,
+                                                     resume, overwrite, strict, baseline, force, dry_run), _follow)
+
+
+def _follow(payload: dict[str, Any]) -> int:
+    """A rank > 0 under torchrun: train rank 0's run (no run directory: rank 0 writes everything); on
+    resume from the run's data copy where this machine sees it (one node), else the config's data set."""
+    from seqrec.api import SeqRec
     from seqrec.rundir import RunDir
+    from seqrec.training import TrainingInterrupted
+
+    run = RunDir(payload["run"])
+    data = str(run.data) if payload["resume"] and run.has_data() else None
+    try:
+        SeqRec(config=payload["config"]).fit(data, resume=payload["resume"], log=lambda s: None, force=payload["force"])
+    except TrainingInterrupted as e:
+        return 128 + e.signum
+    return 0
+
+
+def _fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, strict, baseline,
+         force, dry_run) -> int:
+    from seqrec.rundir import RunDir
+    from seqrec.training import distributed
+
+    if distributed.elastic_resume(out):  # torchrun restarted a failed group: continue the run, don't start over
+        resume, out, config, dataset, data_dir, fmt, model, loss, strict, overwrite = (out, *[None] * 8, False)
 
     flags = {"data.dataset": dataset, "data.data_dir": data_dir, "data.format": fmt, "model.name": model,
              "loss.name": loss, "train.device": device, "data.strict": strict}
@@ -133,9 +165,10 @@ def _resume_config(run: Any, ov: dict[str, Any]) -> Any:
 
 def _train(cfg: Any, run: Any, resume: bool, baseline: bool, force: bool) -> int:
     from seqrec.api import SeqRec
-    from seqrec.training import TrainingInterrupted
+    from seqrec.training import TrainingInterrupted, distributed
     from seqrec.training.loggers import Trackers
 
+    distributed.announce({"config": cfg.to_dict(), "resume": resume, "force": force, "run": str(run.path)})
     rec = SeqRec(config=cfg)
     trackers = Trackers(cfg.train, run, owned=True) if cfg.train.loggers else None
     try:  # with a run directory the trainer turns SIGINT/SIGTERM into a checkpoint and TrainingInterrupted

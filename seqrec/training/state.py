@@ -1,7 +1,10 @@
 """The training state: what a checkpoint holds, why training stopped, capture and restore.
 
 ``last.pt`` = {"meta", "model", "optimizer", "rng", "state"}: enough to continue bit-identically on
-CPU (the epoch order, the step inside the epoch and every RNG are part of it). ``best.pt`` =
+CPU (the epoch order, the step inside the epoch and every RNG are part of it). Under torchrun each
+rank's random streams are reseeded at every step from (seed, rank, global step)
+(``distributed.step_seed``), so the checkpoint's step and world size fix every rank's RNG state; a
+checkpoint of another world size restarts its interrupted epoch from the first step. ``best.pt`` =
 {"meta", "model", "epoch"}. Both load with ``torch.load(weights_only=True)``: only tensors, plain
 numbers and JSON strings.
 """
@@ -60,6 +63,23 @@ class TrainState:
     stop: StopReason | None = None  # set by a callback to end training; None while running
 
 
+@dataclass
+class EpochSums:
+    """Running sums of one epoch's steps (in this process) for its metrics.jsonl record."""
+
+    start: float
+    loss: float = 0.0
+    n: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float | None, stats: dict[str, float]) -> None:
+        if loss is None:  # a skipped non-finite step
+            return
+        self.loss, self.n = self.loss + loss, self.n + 1
+        for k, v in stats.items():
+            self.stats[k] = self.stats.get(k, 0.0) + v
+
+
 def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
     """What identifies the data and model of a checkpoint (checked before it is loaded)."""
     return {"version": __version__, "fingerprint": trainer.fingerprint, "n_items": trainer.data.n_items,
@@ -79,7 +99,7 @@ def capture(trainer: Trainer, st: TrainState) -> dict[str, Any]:
                   "perm": torch.from_numpy(st.perm) if st.perm is not None else None,
                   "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
                   "nan_skips": st.nan_skips, "elapsed": st.elapsed, "stop": json.dumps(stop),
-                  "history": json.dumps(st.history)},
+                  "history": json.dumps(st.history), "world_size": trainer.world},
     }
 
 
@@ -96,8 +116,13 @@ def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
     trainer.gen.set_state(r["loss"])
     s = ck["state"]
     stop = json.loads(s["stop"])
-    return TrainState(epoch=s["epoch"], step=s["step"], global_step=s["global_step"],
-                      perm=s["perm"].numpy() if s["perm"] is not None else None, best=s["best"],
+    perm, step = s["perm"].numpy() if s["perm"] is not None else None, s["step"]
+    saved_world = int(s.get("world_size", 1))
+    if saved_world != trainer.world and perm is not None:  # the ranks' shares of the epoch moved: restart it
+        trainer.log(f"note: the checkpoint was written by {saved_world} process(es), this run has {trainer.world}: "
+                    f"epoch {s['epoch'] + 1} restarts from its first step (with the checkpoint's weights)")
+        perm, step = None, 0
+    return TrainState(epoch=s["epoch"], step=step, global_step=s["global_step"], perm=perm, best=s["best"],
                       best_epoch=s["best_epoch"], bad_epochs=s["bad_epochs"], nan_skips=s["nan_skips"],
                       elapsed=s["elapsed"], history=json.loads(s["history"]),
                       stop=StopReason(Stop(stop["kind"]), stop["message"]) if stop else None)

@@ -6,6 +6,9 @@
   (python, numpy, torch, the loss generator) are part of the checkpoint (``state.py``).
 - Checkpoints, early stopping (best weights restored at the end), the time budget, signals, the
   progress bar and metrics.jsonl are callbacks (``callbacks.py``, which documents the hooks).
+- Under torchrun (``distributed.py``, docs/distributed.md) the step runs through DistributedDataParallel,
+  each rank trains its share of the epoch's batches, validation is sharded and merged exactly, and
+  rank 0 alone writes (the other ranks keep only the callbacks that write nothing) and decides when to stop.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,34 +25,20 @@ from seqrec.data.store import EvalSet, PreparedData
 from seqrec.errors import SeqrecError
 from seqrec.evaluation import evaluate
 from seqrec.evaluation.defaults import valid_subset
+from seqrec.evaluation.sharded import evaluate_sharded
 from seqrec.losses.base import Loss, LossContext
 from seqrec.rundir import RunDir
+from seqrec.training import callbacks as builtin
+from seqrec.training import distributed
 from seqrec.training.batches import causal_batch, epoch_order, history_csr, make_windows, masked_batch
 from seqrec.training.callbacks import Callback, TrainingInterrupted, default_callbacks
 from seqrec.training.checkpoint import save_checkpoint
 from seqrec.training.memory import available_bytes, check_fits, predicted_step
 from seqrec.training.optim import OptimizerFactory, build_optimizer
-from seqrec.training.state import TrainState, capture, load_resume, restore
+from seqrec.training.state import EpochSums, TrainState, capture, load_resume, restore
 from seqrec.training.system import autocast, peak_rss_mb, resolve_device, seed_everything, trim_heap, tune_allocator
 
 __all__ = ["Trainer", "TrainingInterrupted", "seed_everything", "trim_heap"]
-
-
-@dataclass
-class _EpochSums:
-    """Running sums of one epoch's steps (in this process) for its metrics.jsonl record."""
-
-    start: float
-    loss: float = 0.0
-    n: int = 0
-    stats: dict[str, float] = field(default_factory=dict)
-
-    def add(self, loss: float | None, stats: dict[str, float]) -> None:
-        if loss is None:  # a skipped non-finite step
-            return
-        self.loss, self.n = self.loss + loss, self.n + 1
-        for k, v in stats.items():
-            self.stats[k] = self.stats.get(k, 0.0) + v
 
 
 class Trainer:
@@ -68,9 +56,17 @@ class Trainer:
         self.cfg, self.model, self.loss, self.data, self.log, self.force = cfg, model, loss, data, log, force
         self.optimizer_factory = optimizer or (lambda m: build_optimizer(m, cfg.train))
         self.run = RunDir(run) if run is not None else None
-        self.device = resolve_device(cfg.train.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if self.rank:  # rank 0 alone writes and logs
+            self.run, self.log = None, lambda s: None
+        self.device = distributed.device_for(resolve_device(cfg.train.device))
         self.fingerprint = data.meta.get("fingerprint", "")
-        self.callbacks = [*callbacks, *default_callbacks(cfg.train, self.run)]
+        # ranks > 0 run none of the built-ins (bar, logs, best weights, checkpoints, trackers): rank 0's
+        # stop decisions are broadcast (_sync_stop); on SIGTERM (torchrun forwards it) they finish the
+        # step, so that rank 0 can finish it too and save
+        self.callbacks = [*callbacks, *(default_callbacks(cfg.train, self.run) if not self.rank
+                                        else [builtin.SignalStop()])]
+        self.ddp: Any = None  # the DistributedDataParallel step module under torchrun
 
     # ---------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -86,6 +82,7 @@ class Trainer:
         state = self._start(resume)
         try:
             self._call("on_fit_start", state)
+            self._sync_stop(state)
             while state.epoch < self.cfg.train.epochs and state.stop is None:
                 sums = self._train_epoch(state)
                 self._end_epoch(state, sums)
@@ -96,35 +93,47 @@ class Trainer:
             self._teardown(state)
         return self._summary(state)
 
-    def _train_epoch(self, state: TrainState) -> _EpochSums:
+    def _train_epoch(self, state: TrainState) -> EpochSums:
         B = self.batch_size
         self.model.train()
         if state.perm is None:
+            # every rank draws the same epoch order (a generator of the seed and the epoch), then its share
+            rng = self.rng if self.world == 1 else np.random.default_rng([int(self.cfg.train.seed), state.epoch])
             lengths = self.windows.ends - self.windows.starts
-            state.perm, state.step = epoch_order(self.rng, lengths, B, bool(self.cfg.train.group_by_length)), 0
-        sums = _EpochSums(start=time.monotonic())
+            state.perm, state.step = epoch_order(rng, lengths, B, bool(self.cfg.train.group_by_length)), 0
+        sums = EpochSums(start=time.monotonic())
         self._call("on_epoch_start", state)
         while state.step < self.n_batches and state.stop is None:
-            loss, stats = self._step(state.perm[state.step * B:(state.step + 1) * B], state)
+            b = distributed.batch_index(state.step, self.rank, self.world, self.epoch_batches)
+            sel = state.perm[b * B:(b + 1) * B]
+            loss, stats = distributed.ddp_step(self, sel, state) if self.ddp is not None else self._step(sel, state)
             state.step += 1
             state.global_step += 1
             sums.add(loss, stats)
             state.elapsed = time.monotonic() - self._t0
             self._call("on_step_end", state, loss)
+            self._sync_stop(state)
         return sums
 
-    def _end_epoch(self, state: TrainState, sums: _EpochSums) -> None:
+    def _sync_stop(self, state: TrainState) -> None:
+        """Rank 0's stop decision (time budget, early stop, a user's callback) on every rank."""
+        if self.world > 1:
+            state.stop = distributed.broadcast(state.stop)
+
+    def _end_epoch(self, state: TrainState, sums: EpochSums) -> None:
         state.epoch += 1
         state.perm, state.step = None, 0
         trim_heap()
         valid = self.evaluate(self.valid)
         n = max(sums.n, 1)
+        keys = list(sums.stats)  # a loss's statistics, averaged over the ranks too
+        stats = dict(zip(keys, distributed.mean([sums.stats[k] / n for k in keys]), strict=True))
         record = {"epoch": state.epoch, "loss": sums.loss / n, "epoch_s": time.monotonic() - sums.start,
-                  "elapsed_s": time.monotonic() - self._t0, **{f"valid_{k}": v for k, v in valid.items()},
-                  **{k: v / n for k, v in sums.stats.items()}}
+                  "elapsed_s": time.monotonic() - self._t0, **{f"valid_{k}": v for k, v in valid.items()}, **stats}
         state.history.append(record)
         state.elapsed = time.monotonic() - self._t0
         self._call("on_epoch_end", state, record)
+        self._sync_stop(state)
 
     def _step(self, sel: np.ndarray, state: TrainState, lap: Callable[[str], None] = lambda part: None,
               split_backward: bool = False) -> tuple[float | None, dict[str, float]]:
@@ -210,17 +219,20 @@ class Trainer:
         if not self.force:
             check_fits(self.cfg, model, self.batch_size, self.data.n_items, self.device)
         self._keep_heap()
-        self.n_batches = math.ceil(len(self.windows) / self.batch_size)
+        self.epoch_batches = math.ceil(len(self.windows) / self.batch_size)  # batches of the whole epoch
+        self.n_batches = distributed.shard_steps(self.epoch_batches, self.world)  # this rank's steps
         # With length grouping a batch's token count varies a lot; scaling each batch's mean loss by
         # tokens / mean tokens keeps every target's weight in the epoch's gradient as in random batches.
         targets = (self.windows.ends - self.windows.starts - (1 if model.causal else 0)).astype(np.float64)
         if not model.causal:
             targets *= model.mask_prob
-        self.mean_targets = max(float(targets.sum()) / self.n_batches, 1.0)
+        self.mean_targets = max(float(targets.sum()) / self.epoch_batches, 1.0)
         self.optimizer = self.optimizer_factory(model)
         self.item_pop = torch.as_tensor(self.data.item_pop[1:], dtype=torch.float32, device=self.device)
         self.valid = self._valid_subset()
         self.autocast = autocast(t.autocast, self.device)
+        if self.world > 1:
+            self.ddp = distributed.wrap(self)
 
     def _keep_heap(self) -> None:
         """``tune_allocator`` (no per-step mmap/munmap of large buffers: 1.5x faster ML-1M CE epochs)
@@ -238,7 +250,8 @@ class Trainer:
 
     def _start(self, resume: bool) -> TrainState:
         state = TrainState()
-        ck = load_resume(self.run, self.fingerprint, self.data.n_items, self.log) if resume else None
+        ck = load_resume(self.run, self.fingerprint, self.data.n_items, self.log) if resume and not self.rank else None
+        ck = distributed.broadcast(ck)  # rank 0's checkpoint on every rank (the others have no run directory)
         if ck is not None:
             state = restore(self, ck)
             self.log(f"resumed from epoch {state.epoch} step {state.step}")
@@ -259,7 +272,9 @@ class Trainer:
         return {"best_epoch": state.best_epoch, "epochs": epochs, "best_valid_ndcg@10": state.best,
                 "epoch_s": float(np.mean([h["epoch_s"] for h in state.history])) if epochs else 0.0,
                 "wall_s": state.elapsed, "peak_rss_mb": peak_rss_mb(),
-                "stopped": state.stop.message if state.stop else "",
+                "stopped": state.stop.message if state.stop else "", "world_size": self.world,
+                "peak_rss_mb_ranks": distributed.gather_all(peak_rss_mb()) if self.world > 1 else None,
+                "allreduce_mb_per_step": self.comm["bytes"] / 2**20 / max(self.comm["steps"], 1) if self.ddp else None,
                 "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None}
 
     # ---------------------------------------------------------------- batches
@@ -300,6 +315,10 @@ class Trainer:
     def evaluate(self, evalset: EvalSet) -> dict[str, float]:
         """Metrics of the current model on ``evalset`` (``cfg.eval`` settings; exact scoring)."""
         e = self.cfg.eval
+        if self.world > 1:  # a collective: each rank scores its share of the users, merged exactly
+            return evaluate_sharded(self.model, evalset, max_len=self.max_len, ks=list(e.ks),
+                                    filter_seen=e.filter_seen, batch_size=e.batch_size, device=self.device,
+                                    encode_dtype=e.encode_dtype)
         return evaluate(self.model, evalset, max_len=self.max_len, ks=list(e.ks), filter_seen=e.filter_seen,
                         batch_size=e.batch_size, device=self.device, seed=int(self.cfg.train.seed),
                         encode_dtype=e.encode_dtype)
