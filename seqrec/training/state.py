@@ -167,7 +167,7 @@ def _upgrade(ck: dict[str, Any]) -> dict[str, Any]:
 # runs, and the step's rate and guards: after a NaN stop a lower lr, clipping or the skip policy)
 RESUME_KEYS = ("train.epochs", "train.max_time_s", "train.patience", "train.num_threads",
                "train.checkpoint_every_s", "train.checkpoint_every_steps", "train.device", "train.lr",
-               "train.grad_clip", "train.nan_policy", "train.max_nan_skips")
+               "train.grad_clip", "train.nan_policy", "train.max_nan_skips", "train.loggers", "train.tracking_uri")
 
 
 def resume_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
