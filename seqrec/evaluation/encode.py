@@ -27,7 +27,7 @@ from seqrec.models.transformer import Block, _SelfAttentionEncoder
 
 # Users per encoder call are chosen so that one call holds at most this many (padded) positions:
 # the [B, 1, L, L] attention mask and the [B, L, d] activations then stay cache-sized. Measured on the
-# 2-core Xeon (docs/bench-notes/evaluation.md): 256 users x 200 items encodes ML-1M ~1.8x faster
+# 2-core Xeon (docs/benchmarks.md, "Evaluation speed"): 256 users x 200 items encodes ML-1M ~1.8x faster
 # than 1,024 x 200, while short histories still go in large batches.
 ENCODE_TOKENS = 256 * 200
 
