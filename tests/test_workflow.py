@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FAST_ARGS as FAST
 
 from seqrec.cli import main
 from seqrec.config import Config, load_config
 from seqrec.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ('data.options={"synthetic": {"n_users": 120, "n_items": 40, "n_clusters": 4, "mean_len": 12.0, '
-        '"max_len": 30}}')
-FAST = ["--set", TINY, "--set", "model.d=16", "--set", "model.max_len=20", "--set", "model.n_blocks=1",
-        "--set", "train.epochs=2", "--set", "train.batch_size=32", "--set", "train.num_threads=1"]
+
 
 
 @pytest.fixture(scope="module")

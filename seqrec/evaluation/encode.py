@@ -79,16 +79,24 @@ def _attention_last(model: _SelfAttentionEncoder, items: torch.Tensor) -> torch.
     B, L = items.shape
     if L > model.max_len:
         raise ValueError(f"sequence width {L} exceeds model.max_len={model.max_len}; truncate the input")
+    return attention_last(model, items)
+
+
+def attention_last(model: _SelfAttentionEncoder, items: torch.Tensor) -> torch.Tensor:
+    """``_attention_last`` without the width check (the exported graph calls it: a Python branch on a
+    shape would be frozen into the graph). The masks come from comparing position indices, which
+    export to plain ``Equal`` / ``LessOrEqual`` (ONNX Runtime has no boolean ``EyeLike``)."""
+    L = items.shape[1]
     valid = items != 0
-    pos = torch.arange(L - 1, -1, -1, device=items.device)
+    idx = torch.arange(L, device=items.device)
     x = model.item_emb(items)
     if model.scale_emb:
         x = x * math.sqrt(model.d)
-    x = (x + model.pos_emb(pos)) * valid.unsqueeze(-1)
+    x = (x + model.pos_emb(L - 1 - idx)) * valid.unsqueeze(-1)  # right-aligned positions
     allowed = valid[:, None, None, :]
     if model.causal:
-        allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
-    allowed = allowed | torch.eye(L, dtype=torch.bool, device=items.device)  # as forward: no empty rows
+        allowed = allowed & (idx[None, :] <= idx[:, None])
+    allowed = allowed | (idx[:, None] == idx[None, :])  # as forward: no empty rows
     # the additive mask scaled_dot_product_attention would build from the boolean one in every block
     mask = torch.where(allowed, 0.0, float("-inf")).to(x.dtype)
     keep = valid.unsqueeze(-1).to(x.dtype)
