@@ -1,0 +1,116 @@
+"""``seqrec finetune`` / ``SeqRec.finetune``: every method end to end, the catalog rules, the mistakes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seqrec.api import SeqRec
+from seqrec.cli import main
+from tests.conftest import TINY
+
+FAST = ["--set", f"data.options={json.dumps(TINY)}", "--set", "model.d=16", "--set", "model.max_len=20",
+        "--set", "model.n_blocks=1", "--set", "model.ffn_mult=4", "--set", "train.batch_size=32",
+        "--set", "train.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "base"
+    assert main(["fit", "--out", str(out), "--no-baseline", "--set", "train.epochs=2", *FAST]) == 0
+    return out
+
+
+@pytest.mark.parametrize("peft", ["sparsegrad", "lora", "meprop", "topk", "full"])
+def test_each_method_gives_an_ordinary_run(base, tmp_path, peft, capsys):
+    out = tmp_path / peft
+    assert main(["finetune", str(base), "--dataset", "synthetic", "--peft", peft, "--set", "train.epochs=1",
+                 "--out", str(out)]) == 0
+    for f in ("config.yaml", "model.pt", "data/meta.json", "results.json", "train_info.json"):
+        assert (out / f).exists(), f
+    rec, b = SeqRec.load(out), SeqRec.load(base)
+    # plain linears exported: the same state-dict layout as the base model, other weights
+    assert rec.model_.state_dict().keys() == b.model_.state_dict().keys()
+    changed = {k for k, v in rec.model_.state_dict().items() if not torch.equal(v, b.model_.state_dict()[k])}
+    assert changed and ("blocks.0.up.weight" in changed or "blocks.0.down.weight" in changed)
+    if peft != "full":  # the item table is frozen unless --train-embeddings
+        assert "item_emb.weight" not in changed and "blocks.0.qkv.weight" not in changed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["test"]["ndcg@10"] == pytest.approx(rec.evaluate(split="test", metrics_only=True)["ndcg@10"])
+    assert json.loads((out / "train_info.json").read_text())["finetune"]["peft"] == peft
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json"]) == 0
+    assert "ndcg@10" in json.loads(capsys.readouterr().out)["test"]
+
+
+def _new_items_file(base, path, n_new=3):
+    """The base's interactions of 60 users in 'user item' lines, plus n_new items never seen."""
+    data = SeqRec.load(base).data_
+    lines = []
+    for u in range(60):
+        row = data.full.items[data.full.offsets[u]:data.full.offsets[u + 1]]
+        lines += [f"{data.user_ids[u]} {data.item_ids[i]}" for i in row]
+        lines += [f"{data.user_ids[u]} {10_000 + (u % n_new)}"] if u < 30 else []
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_new_items_refused_or_appended_with_train_embeddings(base, tmp_path, capsys):
+    f = _new_items_file(base, tmp_path / "new.txt")
+    args = ["finetune", str(base), "--dataset", str(f), "--format", "sasrec", "--set", "train.epochs=1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "3 of the" in err and "--train-embeddings" in err
+    assert not (tmp_path / "a").exists()
+    out = tmp_path / "b"
+    assert main([*args, "--train-embeddings", "--peft", "lora", "--out", str(out)]) == 0
+    rec, b = SeqRec.load(out), SeqRec.load(base)
+    C = b.data_.n_items
+    assert rec.data_.n_items == C + 3 and list(rec.data_.item_ids[C + 1:]) == [10_000, 10_001, 10_002]
+    assert np.array_equal(rec.data_.item_ids[:C + 1], b.data_.item_ids)
+    assert not torch.equal(rec.model_.item_emb.weight[1:C + 1], b.model_.item_emb.weight[1:])  # trained
+    assert len(rec.recommend(k=3)) > 0
+
+
+def test_api_in_memory(base):
+    rec = SeqRec.load(base).finetune("synthetic", peft="topk", budget=0.05, overrides={"train.epochs": 1},
+                                     log=lambda s: None)
+    assert rec.path_ is None and rec.fit_info_["finetune"]["budget"] == 0.05
+    assert rec.evaluate(metrics_only=True)["ndcg@10"] > 0
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["--peft", "sparsgrad"], "did you mean 'sparsegrad'"),
+    (["--budget", "0"], "--budget must be in (0, 1]"),
+    (["--budget", "1.5"], "--budget must be in (0, 1]"),
+    (["--set", "model.d=32"], "cannot change model.*"),
+    (["--dataset", "synthetik"], "did you mean 'synthetic'"),
+])
+def test_mistakes_are_one_line_and_leave_nothing(base, tmp_path, capsys, args, hint):
+    argv = ["finetune", str(base), "--dataset", "synthetic", "--out", str(tmp_path / "x")]
+    if "--dataset" in args:
+        argv[3] = args[1]
+        args = []
+    assert main([*argv, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and err.count("\n") == 0 and hint in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_or_unfinished_base_run(base, tmp_path, capsys):
+    assert main(["finetune", str(tmp_path / "nope"), "--dataset", "synthetic", "--out", str(tmp_path / "x")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "config.yaml").write_text((base / "config.yaml").read_text())
+    assert main(["finetune", str(half), "--dataset", "synthetic", "--out", str(tmp_path / "x")]) == 2
+    assert "missing model.pt" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_used_out_dir_refused(base, tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("x")
+    assert main(["finetune", str(base), "--dataset", "synthetic", "--out", str(tmp_path / "used")]) == 2
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "used" / "keep.txt").exists()
