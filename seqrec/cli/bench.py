@@ -250,3 +250,34 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
                    throughput_figure(records, bench_throughput.PARTS), "throughput.png")
     click.echo((path / "table.md").read_text())
     return 0
+
+
+@bench.command("finetune")
+@click.option("--dataset", "datasets", default="synthetic,ml-100k", show_default=True,
+              help="Datasets, comma-separated (a time split where they have timestamps, else a position split).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
+@click.option("--split", default="auto", show_default=True, type=click.Choice(["auto", "time", "position"]),
+              help="Period split: global time cut, each user's first 60%, or time where there are timestamps.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--methods", default="full,sparsegrad,topk,lora,meprop", show_default=True,
+              help="Fine-tuning methods, comma-separated.")
+@click.option("--budget", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--pre-epochs", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--ft-epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@set_option("Config override for pretraining, e.g. model.d=32 (repeatable).")
+@OUT
+def finetune(datasets: str, data_dir: str | None, split: str, seeds: int, methods: str, budget: float,
+             pre_epochs: int, ft_epochs: int, sets: tuple[str, ...], out: Path) -> int:
+    """Fine-tuning methods at one budget: pretrain on the older part, fine-tune on the newer, test on the newest."""
+    from seqrec.bench import finetune as bench_finetune
+    from seqrec.bench.common import markdown_table, names_list
+    from seqrec.peft import PEFT
+
+    names = names_list(methods, PEFT, "--methods")
+    records = bench_finetune.run_all([d.strip() for d in datasets.split(",") if d.strip()], data_dir, seeds,
+                                     names, budget, pre_epochs, ft_epochs, overrides(sets), log=_log, split=split)
+    rows = bench_finetune.summary(records)
+    path = _finish(out, records, bench_finetune.COLUMNS, "Fine-tuning methods on a period split",
+                   bench_finetune.figure(rows), "finetune.png", markdown_table(rows, bench_finetune.COLUMNS))
+    click.echo((path / "table.md").read_text())
+    return 0
