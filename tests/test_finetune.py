@@ -109,8 +109,33 @@ def test_missing_or_unfinished_base_run(base, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_failure_after_checkpoints_leaves_nothing(base, tmp_path):
+    from seqrec.training import Callback
+
+    class Boom(Callback):
+        def on_fit_end(self, trainer, state):
+            assert trainer.run.last.exists()  # a checkpoint was written: still removed below
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        SeqRec.load(base).finetune("synthetic", peft="lora", out=tmp_path / "x", overrides={"train.epochs": 1},
+                                   callbacks=[Boom()], log=lambda s: None)
+    assert not (tmp_path / "x").exists()
+
+
 def test_used_out_dir_refused(base, tmp_path, capsys):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("x")
     assert main(["finetune", str(base), "--dataset", "synthetic", "--out", str(tmp_path / "used")]) == 2
     assert "not empty" in capsys.readouterr().err and (tmp_path / "used" / "keep.txt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")
+@pytest.mark.parametrize("peft", ["sparsegrad", "topk", "lora", "meprop", "full"])
+def test_finetune_on_cuda(base, tmp_path, peft):
+    out = tmp_path / peft
+    assert main(["finetune", str(base), "--dataset", "synthetic", "--peft", peft, "--set", "train.epochs=1",
+                 "--set", "train.device=cuda", "--out", str(out)]) == 0
+    rec = SeqRec.load(out)  # the exported weights load on the CPU
+    assert next(rec.model_.parameters()).device.type == "cpu"
+    assert json.loads((out / "results.json").read_text())["test"]["ndcg@10"] > 0

@@ -32,6 +32,7 @@ def finetune(run_dir, dataset, fmt, peft, budget, train_embeddings, sets, out, f
     from seqrec.data import check_spec
     from seqrec.errors import SeqrecError
     from seqrec.peft import PEFT
+    from seqrec.training import TrainingInterrupted
 
     PEFT.check_name(peft, "--peft")
     if budget is not None and not 0.0 < budget <= 1.0:
@@ -42,8 +43,12 @@ def finetune(run_dir, dataset, fmt, peft, budget, train_embeddings, sets, out, f
     check_spec(dataset, fmt)
     ov = overrides(sets) | ({"data.format": fmt} if fmt is not None else {})
     base = SeqRec.load(run_dir)
-    rec = base.finetune(dataset, peft=peft, out=out, budget=budget, train_embeddings=train_embeddings,
-                        overrides=ov, log=lambda s: click.echo(s, err=True), force=force)
+    try:
+        rec = base.finetune(dataset, peft=peft, out=out, budget=budget, train_embeddings=train_embeddings,
+                            overrides=ov, log=lambda s: click.echo(s, err=True), force=force)
+    except TrainingInterrupted as e:
+        click.echo(f"interrupted: {out} removed (a fine-tuning run does not resume; run it again)", err=True)
+        return 128 + e.signum
     results = {f"{peft} {s}": rec.evaluate(split=s, metrics_only=True) for s in ("valid", "test")}
     click.echo(metrics_table(results, [k for k in rec.cfg_.eval.ks if k in (10, 20, 50)] or rec.cfg_.eval.ks))
     f = rec.fit_info_["finetune"]

@@ -7,13 +7,15 @@ The new data is mapped into the trained catalog (``catalog.to_catalog``), the mo
 base run's architecture with its trained weights, the method attached (SparseGrad first collects
 the gradients of ``collect_steps`` batches), trained by the ordinary ``Trainer`` with the method's
 optimiser, exported back to plain linears and saved as an ordinary run directory (config.yaml,
-data/, model.pt, results.json, train_info.json, finetune.json) that ``evaluate`` / ``recommend`` load.
+data/, model.pt, results.json, train_info.json with a "finetune" record) that ``evaluate`` /
+``recommend`` load.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ def finetune(base: Any, data: Any, peft: str = "sparsegrad", out: str | os.PathL
         _check_out(Path(out))
     rec = SeqRec(config=cfg)
     run = RunDir(out) if out is not None else None
-    with run.create() if run is not None else contextlib.nullcontext():
+    with _removed_on_failure(run), run.create() if run is not None else contextlib.nullcontext():
         rec.data_, appended = _new_data(rec, base, data, train_embeddings)
         rec.model_ = _base_model(base, rec.data_.n_items, int(cfg.train.seed))
         if run is not None:
@@ -79,6 +81,23 @@ def _config(tree: dict[str, Any], data: Any, overrides: dict[str, Any]) -> Any:
     if isinstance(data, str | os.PathLike):
         tree = {**tree, "data": {**tree["data"], "dataset": str(data)}}
     return Config.from_tree(tree).with_overrides(overrides) if overrides else Config.from_tree(tree)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(run: Any) -> Iterator[None]:
+    """A fine-tuning run does not resume (its checkpoints hold the method's modules): whatever stops
+    it, an interrupt included, removes the directory it was writing (``_check_out``: new or empty)."""
+    existed = run is not None and run.path.exists()
+    try:
+        yield
+    except BaseException:
+        if run is not None and run.path.exists():
+            for child in run.path.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    run.path.rmdir()
+        raise
 
 
 def _check_out(out: Path) -> None:
