@@ -139,3 +139,25 @@ def test_finetune_on_cuda(base, tmp_path, peft):
     rec = SeqRec.load(out)  # the exported weights load on the CPU
     assert next(rec.model_.parameters()).device.type == "cpu"
     assert json.loads((out / "results.json").read_text())["test"]["ndcg@10"] > 0
+
+
+def test_bench_period_split_and_one_seed():
+    from seqrec.bench.finetune import periods, run_seed, summary
+    from seqrec.data import load_interactions
+
+    n = len(load_interactions("synthetic", **TINY)[1].items)
+    for how in ("time", "position"):
+        old, new, got = periods("synthetic", None, how, **TINY)
+        assert got == how and np.array_equal(old.item_ids, new.item_ids)
+        assert len(old.full.items) + len(new.full.items) == n and len(new.test) > 0
+        if how == "time":  # everything in the older part comes before everything in the newer part
+            assert old.timestamps.max() < new.timestamps.min()
+    ov = {"model.d": 16, "model.max_len": 20, "model.n_blocks": 1, "train.batch_size": 16}
+    records = run_seed("synthetic", old, new, "position", 0, ["topk", "lora"], 0.05, 1, 1, ov, log=lambda s: None)
+    rows = summary(records)
+    assert [r["peft"] for r in rows] == ["none", "topk", "lora"] and all(r["seeds"] == 1 for r in rows)
+    topk, lora = records[1], records[2]
+    # top-k: at most k = 5% of each 64x16 weight per step (2 linears) + the 64 + 16 biases
+    assert 0 < topk["updated_per_step"] <= 2 * round(0.05 * 1024) + 80
+    assert 0 < lora["updated_per_step"] <= lora["trainable_values"] and lora["optimizer_state_kb"] > 0
+    assert topk["forgetting"] == pytest.approx(topk["base_old_ndcg@10"] - topk["old_ndcg@10"])

@@ -66,14 +66,16 @@ class Meter(Callback):
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def periods(dataset: str, data_dir: str | None, how: str = "auto", old_frac: float = 0.6) -> tuple[Any, Any, str]:
+def periods(dataset: str, data_dir: str | None, how: str = "auto", old_frac: float = 0.6,
+            **options: Any) -> tuple[Any, Any, str]:
     """(older part, newer part, "time" or "position"), both PreparedData over one catalog. ``how``:
-    "time", "position" or "auto" (time where the data has timestamps: the synthetic set has them too)."""
+    "time", "position" or "auto" (time where the data has timestamps: the synthetic set has them too).
+    ``options``: dataset options, as ``data.options`` (e.g. ``synthetic={...}``)."""
     from seqrec.data import load_interactions
     from seqrec.data.preprocess import Interactions
     from seqrec.data.split import split
 
-    name, inter, meta = load_interactions(dataset, data_dir=data_dir)
+    name, inter, meta = load_interactions(dataset, data_dir=data_dir, **options)
     if how == "auto":
         how = "time" if inter.has_time else "position"
     if how == "time":
@@ -166,7 +168,8 @@ def figure(rows: list[dict]) -> Any:
         x = np.arange(len(methods)) + i * width
         ax1.bar(x, [rs[m]["ndcg@10"] if m in rs else 0 for m in methods], width,
                 yerr=[rs[m]["ndcg@10_std"] if m in rs else 0 for m in methods], capsize=3, label=ds)
-        ax2.bar(x, [max(rs[m]["updated_per_step"] or 0, 1) if m in rs else 1 for m in methods], width, label=ds)
+        updated = [rs[m]["updated_per_step"] if m in rs and rs[m]["updated_per_step"] else np.nan for m in methods]
+        ax2.bar(x, updated, width, label=ds)  # "none" (the pretrained model) updates nothing: no bar
     for ax, title in ((ax1, "test NDCG@10 on the newer part (mean ± std)"), (ax2, "values changed per step")):
         ax.set_xticks(np.arange(len(methods)) + width * (len(datasets) - 1) / 2, methods)
         ax.set_title(title)
