@@ -161,3 +161,22 @@ def test_bench_period_split_and_one_seed():
     assert 0 < topk["updated_per_step"] <= 2 * round(0.05 * 1024) + 80
     assert 0 < lora["updated_per_step"] <= lora["trainable_values"] and lora["optimizer_state_kb"] > 0
     assert topk["forgetting"] == pytest.approx(topk["base_old_ndcg@10"] - topk["old_ndcg@10"])
+
+
+def test_bert4rec_sparsegrad_with_new_items_keeps_the_mask_row(tiny_overrides):
+    import polars as pl
+
+    base = SeqRec(model="bert4rec", overrides={**tiny_overrides, "train.epochs": 1}).fit(log=lambda s: None)
+    d, C = base.data_, base.data_.n_items
+    users = np.repeat(d.user_ids, d.full.lengths)
+    frame = pl.DataFrame({"user": np.concatenate([users, d.user_ids[:20]]),
+                          "item": np.concatenate([d.item_ids[d.full.items], np.full(20, 777)]),
+                          "timestamp": np.arange(len(users) + 20)})
+    tuned = base.finetune(frame, peft="sparsegrad", train_embeddings=True, overrides={"train.epochs": 1},
+                          log=lambda s: None)
+    m, b = tuned.model_, base.model_
+    assert tuned.data_.n_items == C + 1 and m.mask_token == C + 2
+    assert m.item_emb.weight.shape[0] == C + 3
+    assert torch.equal(m.item_emb.weight[0], b.item_emb.weight[0])  # padding row stays zero
+    assert type(m.blocks[0].up) is torch.nn.Linear and m.blocks[0].up.out_features == 4 * m.d
+    assert not torch.equal(m.blocks[0].up.weight, b.blocks[0].up.weight)

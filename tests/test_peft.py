@@ -199,3 +199,14 @@ def test_rotation_compacts_real_gradients_of_a_trained_sasrec(tiny_overrides, ca
               {k: [round(v, 3) for v in s] for k, s in shares.items()})
     for kind, (orig, rot, _) in shares.items():
         assert rot > orig, (kind, shares)
+
+
+def test_grow_items_keeps_trained_rows_and_moves_the_mask_row():
+    from seqrec.peft.catalog import grow_items
+
+    table = torch.randn(5 + 2, 3)  # padding, items 1..5, mask token
+    other = torch.randn(7, 3)      # a tensor of the same shape that is not the item table
+    out = grow_items({"emb": table, "pos": other}, ["emb"], 5, 8)
+    assert out["emb"].shape == (8 + 2, 3) and torch.equal(out["emb"][:6], table[:6])
+    assert torch.equal(out["emb"][-1], table[-1]) and torch.equal(out["pos"], other)
+    assert out["emb"][6:9].abs().sum() > 0
