@@ -210,3 +210,17 @@ def test_grow_items_keeps_trained_rows_and_moves_the_mask_row():
     assert out["emb"].shape == (8 + 2, 3) and torch.equal(out["emb"][:6], table[:6])
     assert torch.equal(out["emb"][-1], table[-1]) and torch.equal(out["pos"], other)
     assert out["emb"][6:9].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["sparsegrad", "meprop"])
+def test_custom_backward_under_bf16_autocast(kind):
+    """train.autocast=bf16: the saved weight stays float32 and the backward mixes no dtypes."""
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 16)
+    layer = SparseGradLinear(lin, torch.eye(16), torch.eye(8), 200) if kind == "sparsegrad" else MePropLinear(lin, 16)
+    x = torch.randn(4, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
+    assert torch.allclose(x.grad, torch.ones(4, 16) @ lin.weight.detach(), atol=0.05)  # k = everything kept

@@ -33,10 +33,10 @@ class MePropFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w = ctx.saved_tensors
-        gs = keep_topk_rows(g, ctx.k)
+        gs = keep_topk_rows(g.to(w.dtype), ctx.k)  # under autocast g may be bf16: work in the weight's dtype
         g2 = gs.reshape(-1, gs.shape[-1])
         dx = gs @ w if ctx.needs_input_grad[0] else None
-        dw = g2.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        dw = g2.T @ x.reshape(-1, x.shape[-1]).to(w.dtype) if ctx.needs_input_grad[1] else None
         db = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 

@@ -37,7 +37,8 @@ class SparseGradFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w_rot: torch.Tensor, bias: torch.Tensor | None, p: torch.Tensor,
                 q: torch.Tensor, k: int) -> torch.Tensor:
-        w = p @ w_rot @ q.T  # [d_out, d_in]: one small product instead of rotating every activation
+        with torch.autocast(x.device.type, enabled=False):  # W in the weights' dtype even under autocast
+            w = p @ w_rot @ q.T  # [d_out, d_in]: one small product instead of rotating every activation
         ctx.save_for_backward(x, w, p, q)
         ctx.k, ctx.has_bias = k, bias is not None
         return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
