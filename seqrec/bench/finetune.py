@@ -24,9 +24,8 @@ import numpy as np
 
 from seqrec.training.callbacks import Callback
 
-COLUMNS = ["dataset", "split", "peft", "seeds", "ndcg@10", "ndcg@10_std", "forgetting", "forgetting_std",
-           "updated_per_step", "trainable_values", "optimizer_state_kb", "step_ms"]
-METHODS = ("full", "sparsegrad", "topk", "lora", "meprop")
+COLUMNS = ["dataset", "split", "peft", "seeds", "ndcg@10", "ndcg@10_std", "gain", "gain_std", "forgetting",
+           "forgetting_std", "updated_per_step", "trainable_values", "optimizer_state_kb", "step_ms"]
 
 
 class Meter(Callback):
@@ -141,38 +140,55 @@ def _stats(rs: list[dict], key: str) -> tuple[float | None, float]:
 
 
 def summary(records: list[dict]) -> list[dict]:
-    """One row per (dataset, method): means and standard deviations (ddof=1) over the seeds."""
-    rows = []
+    """One row per (dataset, method): means and standard deviations (ddof=1) over the seeds; ``gain``:
+    NDCG@10 minus the same seed's pretrained model's (paired)."""
+    rows, g = [], gains(records)
     for ds, m in dict.fromkeys((r["dataset"], r["peft"]) for r in records):
         rs = [r for r in records if r["dataset"] == ds and r["peft"] == m]
         row = {"dataset": ds, "split": rs[0]["split"], "peft": m, "seeds": len(rs)}
         for key in ("ndcg@10", "forgetting"):
             row[key], row[f"{key}_std"] = _stats(rs, key)
+        d = g.get((ds, m), [0.0])
+        row["gain"], row["gain_std"] = float(np.mean(d)), float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
         for key in ("updated_per_step", "trainable_values", "optimizer_state_kb", "step_ms"):
             row[key] = _stats(rs, key)[0]
         rows.append(row)
     return rows
 
 
-def figure(rows: list[dict]) -> Any:
-    """NDCG@10 (mean ± std over seeds) and values updated per step, per method and dataset."""
+def gains(records: list[dict], key: str = "ndcg@10") -> dict[tuple[str, str], list[float]]:
+    """{(dataset, method): [per-seed ``key`` minus the same seed's pretrained model's]} (paired)."""
+    base = {(r["dataset"], r["seed"]): r[key] for r in records if r["peft"] == "none"}
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r["peft"] != "none" and (r["dataset"], r["seed"]) in base:
+            out.setdefault((r["dataset"], r["peft"]), []).append(r[key] - base[(r["dataset"], r["seed"])])
+    return out
+
+
+def figure(records: list[dict]) -> Any:
+    """Per method and dataset: the NDCG@10 gain over the pretrained model (mean ± std of the per-seed
+    paired differences) and the values changed per step (log scale)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 4))
     ax1, ax2 = fig.subplots(1, 2)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    methods = list(dict.fromkeys(r["peft"] for r in rows))
+    g, rows = gains(records), summary(records)
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    methods = [m for m in dict.fromkeys(r["peft"] for r in records) if m != "none"]
     width = 0.8 / max(len(datasets), 1)
     for i, ds in enumerate(datasets):
-        rs = {r["peft"]: r for r in rows if r["dataset"] == ds}
         x = np.arange(len(methods)) + i * width
-        ax1.bar(x, [rs[m]["ndcg@10"] if m in rs else 0 for m in methods], width,
-                yerr=[rs[m]["ndcg@10_std"] if m in rs else 0 for m in methods], capsize=3, label=ds)
-        updated = [rs[m]["updated_per_step"] if m in rs and rs[m]["updated_per_step"] else np.nan for m in methods]
-        ax2.bar(x, updated, width, label=ds)  # "none" (the pretrained model) updates nothing: no bar
-    for ax, title in ((ax1, "test NDCG@10 on the newer part (mean ± std)"), (ax2, "values changed per step")):
+        d = [g.get((ds, m), [np.nan]) for m in methods]
+        ax1.bar(x, [np.mean(v) for v in d], width, yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in d],
+                capsize=3, label=ds)
+        rs = {r["peft"]: r for r in rows if r["dataset"] == ds}
+        ax2.bar(x, [rs[m]["updated_per_step"] if m in rs else np.nan for m in methods], width, label=ds)
+    ax1.axhline(0, color="black", lw=0.8)
+    for ax, title in ((ax1, "test NDCG@10 minus the pretrained model's (paired, mean ± std over seeds)"),
+                      (ax2, "values changed per optimiser step")):
         ax.set_xticks(np.arange(len(methods)) + width * (len(datasets) - 1) / 2, methods)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.legend()
     ax2.set_yscale("log")
     fig.tight_layout()

@@ -278,6 +278,6 @@ def finetune(datasets: str, data_dir: str | None, split: str, seeds: int, method
                                      names, budget, pre_epochs, ft_epochs, overrides(sets), log=_log, split=split)
     rows = bench_finetune.summary(records)
     path = _finish(out, records, bench_finetune.COLUMNS, "Fine-tuning methods on a period split",
-                   bench_finetune.figure(rows), "finetune.png", markdown_table(rows, bench_finetune.COLUMNS))
+                   bench_finetune.figure(records), "finetune.png", markdown_table(rows, bench_finetune.COLUMNS))
     click.echo((path / "table.md").read_text())
     return 0
