@@ -92,8 +92,10 @@ def periods(dataset: str, data_dir: str | None, how: str = "auto", old_frac: flo
 
 
 def run_seed(dataset: str, old: Any, new: Any, how: str, seed: int, methods: list[str], budget: float,
-             pre_epochs: int, ft_epochs: int, overrides: dict[str, Any], log: Callable[[str], None]) -> list[dict]:
-    """Pretrain on ``old``, fine-tune on ``new`` with each method -> one record per method (+ "none")."""
+             pre_epochs: int, ft_epochs: int, overrides: dict[str, Any], log: Callable[[str], None],
+             ft_overrides: dict[str, Any] | None = None) -> list[dict]:
+    """Pretrain on ``old`` (``overrides``), fine-tune on ``new`` with each method (``ft_overrides``)
+    -> one record per method (+ "none")."""
     from seqrec.api import SeqRec
 
     ov = {"model.ffn_mult": 4, "model.max_len": 50, "train.seed": seed, "train.epochs": pre_epochs,
@@ -101,14 +103,15 @@ def run_seed(dataset: str, old: Any, new: Any, how: str, seed: int, methods: lis
     t0 = time.perf_counter()
     base = SeqRec(overrides=ov).fit(old, log=lambda s: None)
     base_old = base.evaluate(split="test", metrics_only=True)["ndcg@10"]
-    common = {"dataset": dataset, "split": how, "seed": seed, "budget": budget, "base_old_ndcg@10": base_old}
+    common = {"dataset": dataset, "split": how, "seed": seed, "budget": budget, "base_old_ndcg@10": base_old,
+              "ft_lr": (ft_overrides or {}).get("train.lr", base.cfg_.train.lr)}
     records = [{**common, "peft": "none", "ndcg@10": base.evaluate(new, "test", metrics_only=True)["ndcg@10"],
                 "old_ndcg@10": base_old, "forgetting": 0.0, "updated_per_step": 0, "trainable_values": 0,
                 "optimizer_state_kb": 0.0, "step_ms": None, "wall_s": time.perf_counter() - t0}]
     for m in methods:
         meter, t0 = Meter(), time.perf_counter()
         tuned = base.finetune(new, peft=m, budget=budget, log=lambda s: None, callbacks=[meter],
-                              overrides={"train.epochs": ft_epochs, "train.seed": seed})
+                              overrides={"train.epochs": ft_epochs, "train.seed": seed, **(ft_overrides or {})})
         old_ndcg = tuned.evaluate(old, "test", metrics_only=True)["ndcg@10"]
         records.append({**common, "peft": m, "ndcg@10": tuned.evaluate(split="test", metrics_only=True)["ndcg@10"],
                         "old_ndcg@10": old_ndcg, "forgetting": base_old - old_ndcg,
@@ -124,13 +127,14 @@ def run_seed(dataset: str, old: Any, new: Any, how: str, seed: int, methods: lis
 
 def run_all(datasets: list[str], data_dir: str | None, seeds: int, methods: list[str], budget: float,
             pre_epochs: int, ft_epochs: int, overrides: dict[str, Any], log: Callable[[str], None],
-            split: str = "auto") -> list[dict]:
+            split: str = "auto", ft_overrides: dict[str, Any] | None = None) -> list[dict]:
     records = []
     for ds in datasets:
         old, new, how = periods(ds, data_dir, split)
         log(f"{ds}: {how} split, older part {len(old.full.items):,} / newer {len(new.full.items):,} interactions")
         for seed in range(seeds):
-            records += run_seed(ds, old, new, how, seed, methods, budget, pre_epochs, ft_epochs, overrides, log)
+            records += run_seed(ds, old, new, how, seed, methods, budget, pre_epochs, ft_epochs, overrides, log,
+                                ft_overrides)
     return records
 
 

@@ -265,9 +265,11 @@ def throughput(config: str, data_dir: str | None, losses_: tuple[str, ...], step
 @click.option("--pre-epochs", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--ft-epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @set_option("Config override for pretraining, e.g. model.d=32 (repeatable).")
+@click.option("--ft-set", "ft_sets", multiple=True, metavar="KEY=VALUE",
+              help="Config override for fine-tuning, e.g. train.lr=0.01 (repeatable).")
 @OUT
 def finetune(datasets: str, data_dir: str | None, split: str, seeds: int, methods: str, budget: float,
-             pre_epochs: int, ft_epochs: int, sets: tuple[str, ...], out: Path) -> int:
+             pre_epochs: int, ft_epochs: int, sets: tuple[str, ...], ft_sets: tuple[str, ...], out: Path) -> int:
     """Fine-tuning methods at one budget: pretrain on the older part, fine-tune on the newer, test on the newest."""
     from seqrec.bench import finetune as bench_finetune
     from seqrec.bench.common import markdown_table, names_list
@@ -275,7 +277,8 @@ def finetune(datasets: str, data_dir: str | None, split: str, seeds: int, method
 
     names = names_list(methods, PEFT, "--methods")
     records = bench_finetune.run_all([d.strip() for d in datasets.split(",") if d.strip()], data_dir, seeds,
-                                     names, budget, pre_epochs, ft_epochs, overrides(sets), log=_log, split=split)
+                                     names, budget, pre_epochs, ft_epochs, overrides(sets), log=_log, split=split,
+                                     ft_overrides=overrides(ft_sets))
     rows = bench_finetune.summary(records)
     path = _finish(out, records, bench_finetune.COLUMNS, "Fine-tuning methods on a period split",
                    bench_finetune.figure(records), "finetune.png", markdown_table(rows, bench_finetune.COLUMNS))
