@@ -197,3 +197,25 @@ def figure(records: list[dict]) -> Any:
     ax2.set_yscale("log")
     fig.tight_layout()
     return fig
+
+
+def energy_shares(run_dir: str, steps: int = 16, frac: float = 0.01) -> dict[str, dict[str, float]]:
+    """Share of the feed-forward weight gradients' energy in their top ``frac`` entries, on the
+    trained run ``run_dir``'s own batches: {kind: {original, rotated (P^T G Q), rotated_qt (P^T G Q^T)}},
+    the rotations fit on the first half of ``steps`` batches and measured on the other half."""
+    from seqrec.api import SeqRec
+    from seqrec.peft import ffn_modules
+    from seqrec.peft.finetune import _gradient_source
+    from seqrec.peft.sparse import collect_gradients, energy_share, mode_factors
+    from seqrec.registry import LOSSES
+
+    rec = SeqRec.load(run_dir)
+    loss = LOSSES.build(rec.cfg_.loss.name, **rec.cfg_.loss.params)
+    source = _gradient_source(rec.cfg_, rec.model_, loss, rec.data_, force=True)
+    out = {}
+    for kind, g in collect_gradients(rec.model_, ffn_modules(rec.model_), source, steps).items():
+        fit, held = g[:len(g) // 2].double(), g[len(g) // 2:].double()
+        p, q = mode_factors(fit)
+        mean = lambda xs: float(np.mean([energy_share(x, frac) for x in xs]))  # noqa: E731
+        out[kind] = {"original": mean(held), "rotated": mean(p.T @ held @ q), "rotated_qt": mean(p.T @ held @ q.T)}
+    return out
