@@ -180,3 +180,12 @@ def test_bert4rec_sparsegrad_with_new_items_keeps_the_mask_row(tiny_overrides):
     assert torch.equal(m.item_emb.weight[0], b.item_emb.weight[0])  # padding row stays zero
     assert type(m.blocks[0].up) is torch.nn.Linear and m.blocks[0].up.out_features == 4 * m.d
     assert not torch.equal(m.blocks[0].up.weight, b.blocks[0].up.weight)
+
+
+def test_bench_finetune_command_writes_its_outputs(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "finetune", "--dataset", "synthetic", "--seeds", "1", "--methods", "topk",
+                 "--pre-epochs", "1", "--ft-epochs", "1", "--split", "position", *FAST, "--out", str(out)]) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert {r["peft"] for r in records} == {"none", "topk"} and all(r["split"] == "position" for r in records)
+    assert (out / "finetune.png").stat().st_size > 0 and "| topk |" in (out / "table.md").read_text()

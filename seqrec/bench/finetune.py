@@ -130,7 +130,7 @@ def run_all(datasets: list[str], data_dir: str | None, seeds: int, methods: list
             split: str = "auto", ft_overrides: dict[str, Any] | None = None) -> list[dict]:
     records = []
     for ds in datasets:
-        old, new, how = periods(ds, data_dir, split)
+        old, new, how = periods(ds, data_dir, split, **overrides.get("data.options", {}))  # --set data.options=
         log(f"{ds}: {how} split, older part {len(old.full.items):,} / newer {len(new.full.items):,} interactions")
         for seed in range(seeds):
             records += run_seed(ds, old, new, how, seed, methods, budget, pre_epochs, ft_epochs, overrides, log,
