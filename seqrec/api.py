@@ -272,6 +272,14 @@ class SeqRec:
                               "trained catalog")
         return ids
 
+    def finetune(self, data: Any, peft: str = "sparsegrad", out: str | os.PathLike | None = None,
+                 **options: Any) -> SeqRec:
+        """Continue this fitted model on new interactions (same catalog) with a fine-tuning method:
+        sparsegrad, lora, meprop, topk or full -> a new fitted SeqRec (``seqrec.peft.finetune``)."""
+        from seqrec.peft.finetune import finetune
+
+        return finetune(self, data, peft, out, **options)
+
     # ------------------------------------------------------------ persistence
     def _save_model(self, run: RunDir) -> None:
         from seqrec.training import save_model

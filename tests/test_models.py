@@ -50,7 +50,7 @@ def test_shapes_and_no_nan_with_padding(name):
 def test_default_params_and_readme_snippet():
     m = MODELS.build("sasrec", 100)
     assert m.get_params() == {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2,
-                            "block": "pre_ln"}
+                            "block": "pre_ln", "ffn_mult": 1}
     assert m(torch.randint(0, 101, (2, 7))).shape == (2, 7, 64)
     b = MODELS.build("bert4rec", 100)
     assert b.mask_token == 101 and b.item_emb.num_embeddings == 102 and b.mask_prob == 0.2

@@ -2,6 +2,7 @@
 and ``seqrec data stats`` don't pay for torch/faiss imports):
 
 - ``seqrec fit``                    -> seqrec/cli/fit.py
+- ``seqrec finetune``               -> seqrec/cli/finetune.py
 - ``seqrec evaluate / compare``     -> seqrec/cli/evaluate.py
 - ``seqrec recommend``              -> seqrec/cli/recommend.py
 - ``seqrec data …``                 -> seqrec/cli/data.py
@@ -47,7 +48,8 @@ class LazyGroup(click.Group):
 VERBS = {"fit": "fit:fit", "evaluate": "evaluate:evaluate", "compare": "evaluate:compare",
          "recommend": "recommend:recommend", "data": "data:data", "index": "index:index",
          "plan": "plan:plan", "bench": "bench:bench", "config": "config:config", "tune": "tune:tune",
-         "export": "export:export", "serve": "serve:serve"}
+         "export": "export:export", "serve": "serve:serve",
+         "finetune": "finetune:finetune"}
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},

@@ -52,7 +52,7 @@ def _finish(out: Path, records: list[dict], columns: list[str], title: str, figu
 
 
 # the systems benchmarks live in cli/bench_systems.py (imported only when one of them runs)
-SYSTEMS = ("scale", "serve", "peers", "distributed")
+SYSTEMS = ("scale", "serve", "peers", "distributed", "finetune")
 
 
 @click.group(cls=LazyGroup, lazy={name: f"seqrec.cli.bench_systems:{name}" for name in SYSTEMS})

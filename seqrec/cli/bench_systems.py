@@ -1,6 +1,7 @@
-"""``seqrec bench scale / serve / peers / distributed``: the systems benchmarks (training as the
-catalog grows, serving latency, other libraries side by side, 1 vs N processes). Registered lazily
-on the ``bench`` group of ``cli/bench.py``, whose helpers (``OUT``, ``_finish``, ``_log``) they share.
+"""``seqrec bench scale / serve / peers / distributed / finetune``: the systems benchmarks (training
+as the catalog grows, serving latency, other libraries side by side, 1 vs N processes, fine-tuning).
+Registered lazily on the ``bench`` group of ``cli/bench.py``, whose helpers (``OUT``, ``_finish``,
+``_log``) they share.
 """
 
 from __future__ import annotations
@@ -135,5 +136,39 @@ def distributed(procs: int, seeds: str, epochs: int, batch_size: int, losses_: t
     records += bench_distributed.traffic(None, names, procs, steps, overrides(sets), items, log=_log)
     path = _finish(out, records, bench_distributed.COLUMNS, f"Distributed training: 1 vs {procs} processes",
                    bench_distributed.figure(records), "distributed.png")
+    click.echo((path / "table.md").read_text())
+    return 0
+
+
+@click.command("finetune")
+@click.option("--dataset", "datasets", default="synthetic,ml-100k", show_default=True,
+              help="Datasets, comma-separated (a time split where they have timestamps, else a position split).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
+@click.option("--split", default="auto", show_default=True, type=click.Choice(["auto", "time", "position"]),
+              help="Period split: global time cut, each user's first 60%, or time where there are timestamps.")
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--methods", default="full,sparsegrad,topk,lora,meprop", show_default=True,
+              help="Fine-tuning methods, comma-separated.")
+@click.option("--budget", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--pre-epochs", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--ft-epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@set_option("Config override for pretraining, e.g. model.d=32 (repeatable).")
+@click.option("--ft-set", "ft_sets", multiple=True, metavar="KEY=VALUE",
+              help="Config override for fine-tuning, e.g. train.lr=0.01 (repeatable).")
+@OUT
+def finetune(datasets: str, data_dir: str | None, split: str, seeds: int, methods: str, budget: float,
+             pre_epochs: int, ft_epochs: int, sets: tuple[str, ...], ft_sets: tuple[str, ...], out: Path) -> int:
+    """Fine-tuning methods at one budget: pretrain on the older part, fine-tune on the newer, test on the newest."""
+    from seqrec.bench import finetune as bench_finetune
+    from seqrec.bench.common import markdown_table, names_list
+    from seqrec.peft import PEFT
+
+    names = names_list(methods, PEFT, "--methods")
+    records = bench_finetune.run_all([d.strip() for d in datasets.split(",") if d.strip()], data_dir, seeds,
+                                     names, budget, pre_epochs, ft_epochs, overrides(sets), log=_log, split=split,
+                                     ft_overrides=overrides(ft_sets))
+    rows = bench_finetune.summary(records)
+    path = _finish(out, records, bench_finetune.COLUMNS, "Fine-tuning methods on a period split",
+                   bench_finetune.figure(records), "finetune.png", markdown_table(rows, bench_finetune.COLUMNS))
     click.echo((path / "table.md").read_text())
     return 0

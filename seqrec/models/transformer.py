@@ -72,11 +72,11 @@ class _SelfAttentionEncoder(Encoder):
 
     n_special: int = 1  # rows in the item table besides items 1..C: padding (+ mask token)
     act: str = "relu"
-    ff_mult: int = 1
+    ff_mult: int = 1  # the default of ``ffn_mult`` (seqrec.plan reads it from the class)
     scale_emb: bool = True
 
     def _setup(self, n_items: int, d: int, n_blocks: int, n_heads: int, max_len: int, dropout: float,
-               block: Layout = "pre_ln") -> None:
+               block: Layout = "pre_ln", ffn_mult: int = 1) -> None:
         super().__init__(n_items, d)
         if block not in LAYOUTS:
             raise ConfigError(f"model.block must be one of {', '.join(LAYOUTS)}, got {block!r}")
@@ -85,12 +85,13 @@ class _SelfAttentionEncoder(Encoder):
         self.n_heads = check_int("n_heads", n_heads, 1)
         self.max_len = check_int("max_len", max_len, 1)
         self.dropout = check_prob("dropout", dropout)
+        self.ffn_mult = check_int("ffn_mult", ffn_mult, 1)
         if self.d % self.n_heads:
             raise ConfigError(f"model.d={self.d} must be divisible by model.n_heads={self.n_heads}")
         self.item_emb = nn.Embedding(n_items + self.n_special, self.d, padding_idx=0)
         self.pos_emb = nn.Embedding(self.max_len, self.d)
         self.emb_drop = nn.Dropout(self.dropout)
-        d_ff = self.ff_mult * self.d
+        d_ff = self.ffn_mult * self.d
         self.blocks = nn.ModuleList(
             Block(self.d, self.n_heads, d_ff, self.dropout, self.act, block) for _ in range(self.n_blocks))
         self.ln_f = nn.LayerNorm(self.d, eps=1e-8)
@@ -105,6 +106,11 @@ class _SelfAttentionEncoder(Encoder):
                 nn.init.zeros_(p)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+
+    def ffn_linears(self) -> dict[str, list[str]]:
+        """The feed-forward linears by kind (``seqrec.peft`` adapts them): "up" (d -> ffn_mult*d) and
+        "down" (ffn_mult*d -> d) of every block, as module paths."""
+        return {kind: [f"blocks.{i}.{kind}" for i in range(self.n_blocks)] for kind in ("up", "down")}
 
     def item_embeddings(self) -> torch.Tensor:
         """[C, d] view of the input table's rows 1..C (tied input/output embeddings, shared storage)."""
@@ -137,7 +143,8 @@ class SASRec(_SelfAttentionEncoder):
     """SASRec (Kang & McAuley, ICDM 2018): causal self-attention, position t predicts item t+1.
 
     Item table [C+1, d] (row 0 = padding) scaled by sqrt(d), learned positional embeddings
-    (right-aligned, see module doc), blocks with a ReLU point-wise FFN (d -> d) in ``block`` layout
+    (right-aligned, see module doc), blocks with a ReLU point-wise FFN (d -> ffn_mult*d -> d; the paper's
+    is d -> d, ``ffn_mult=1``) in ``block`` layout
     (``pre_ln`` or the reference code's ``sasrec``, see ``Block``), final LayerNorm; the output
     matrix is the input table's rows 1..C (tied).
     """
@@ -145,15 +152,15 @@ class SASRec(_SelfAttentionEncoder):
     causal = True
 
     def __init__(self, n_items: int, d: Int = 64, n_blocks: Int = 2, n_heads: Int = 1, max_len: Int = 200,
-                 dropout: Float = 0.2, block: Layout = "pre_ln"):
-        self._setup(n_items, d, n_blocks, n_heads, max_len, dropout, block)
+                 dropout: Float = 0.2, block: Layout = "pre_ln", ffn_mult: Int = 1):
+        self._setup(n_items, d, n_blocks, n_heads, max_len, dropout, block, ffn_mult)
 
 
 class BERT4Rec(_SelfAttentionEncoder):
     """BERT4Rec (Sun et al., CIKM 2019): bidirectional self-attention over a sequence with masked items.
 
     Item table [C+2, d]: row 0 = padding, rows 1..C = items, row C+1 = ``mask_token``. GELU FFN
-    (d -> 4d -> d) as in BERT; no causal mask (only padding keys are hidden). ``mask_prob`` is read by
+    (d -> ffn_mult*d -> d, 4 as in BERT); no causal mask (only padding keys are hidden). ``mask_prob`` is read by
     the trainer's masked-item sampler; at evaluation the mask token goes after the last item.
     """
 
@@ -164,8 +171,8 @@ class BERT4Rec(_SelfAttentionEncoder):
     scale_emb = False
 
     def __init__(self, n_items: int, d: Int = 64, n_blocks: Int = 2, n_heads: Int = 2, max_len: Int = 200,
-                 dropout: Float = 0.2, mask_prob: Float = 0.2):
-        self._setup(n_items, d, n_blocks, n_heads, max_len, dropout)
+                 dropout: Float = 0.2, mask_prob: Float = 0.2, ffn_mult: Int = 4):
+        self._setup(n_items, d, n_blocks, n_heads, max_len, dropout, ffn_mult=ffn_mult)
         self.mask_prob = check_prob("mask_prob", mask_prob)
         if self.mask_prob == 0.0:
             raise ConfigError("model.mask_prob must be > 0 (BERT4Rec learns only from masked items), got 0")
