@@ -27,19 +27,20 @@ def _model_shape(model: str) -> tuple[int, int]:
 
 def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks: int, n_heads: int,
                    loss_name: str, loss_params: dict[str, Any] | None = None, tokens: int | None = None,
-                   model: str = "sasrec", optimizer_states: int = 2) -> dict[str, int]:
+                   model: str = "sasrec", optimizer_states: int = 2, ffn_mult: int | None = None) -> dict[str, int]:
     """Predicted peak bytes of one float32 training step of a pre-LN transformer encoder.
 
     n_items: catalog size C; batch_size x max_len: the padded batch the encoder sees; tokens: the
     number N of positions with a target that reach the loss (default batch_size * max_len, the upper
-    bound); optimizer_states: float32 tensors per parameter (Adam: 2). The loss is sized with
+    bound); optimizer_states: float32 tensors per parameter (Adam: 2); ffn_mult: the feed-forward
+    width / d (``model.ffn_mult``; None: the model class's default). The loss is sized with
     training's capacity rule (``ctx.capacity`` = batch_size x max_len).
     Returns bytes per component: parameters, gradients, optimizer_state, activations, loss, total.
     """
     from seqrec.registry import LOSSES
 
     n_special, ff_mult = _model_shape(model)
-    d_ff = ff_mult * d
+    d_ff = (ffn_mult or ff_mult) * d
     per_block = (4 * d * d + 4 * d) + (2 * d * d_ff + d_ff + d) + 4 * d  # attention, FFN, 2 LayerNorms
     n_params = (n_items + n_special) * d + max_len * d + n_blocks * per_block + 2 * d
     t = batch_size * max_len

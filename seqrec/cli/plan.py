@@ -39,7 +39,7 @@ def plan(config: str | None, dataset: str | None, data_dir: str | None, catalog:
             raise ConfigError(f"model.{key} is not set for model {cfg.model.name!r}; seqrec plan models transformers")
     loss_params = cfg.loss.params
     shape = dict(n_items=catalog, batch_size=b, max_len=m['max_len'], d=m['d'], n_blocks=m['n_blocks'],
-                 n_heads=m['n_heads'], tokens=tokens, model=cfg.model.name)
+                 n_heads=m['n_heads'], tokens=tokens, model=cfg.model.name, ffn_mult=m.get('ffn_mult'))
     mem = predict_memory(loss_name=cfg.loss.name, loss_params=loss_params, **shape)
     n = tokens or b * m['max_len']
     click.echo(f"{cfg.model.name}: C={catalog:,} items, batch {b} x max_len {m['max_len']} (N={n:,} loss positions), "

@@ -52,7 +52,7 @@ def predicted_step(cfg: Any, model: Any, batch_size: int, n_items: int, loss: st
         mem = predict_memory(n_items=n_items, batch_size=batch_size, max_len=params["max_len"], d=params["d"],
                              n_blocks=params["n_blocks"], n_heads=params["n_heads"], loss_name=name,
                              loss_params=cfg.loss.params if name == cfg.loss.name else {},
-                             model=cfg.model.name)
+                             model=cfg.model.name, ffn_mult=params.get("ffn_mult"))
     except NotImplementedError:
         return None
     return int(mem["total"])

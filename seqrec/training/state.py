@@ -132,9 +132,12 @@ def load_resume(run: RunDir | None, fingerprint: str, n_items: int, log: Any) ->
     """The newest loadable ``last.pt`` of ``run``, else ``prev.pt`` (last.pt damaged, or missing after a
     crash between the two renames of a checkpoint save); None if the run has no checkpoint yet. A
     damaged last.pt is renamed ``last.pt.damaged`` so the next save cannot rotate it over prev.pt.
-    A checkpoint of other data is refused."""
+    A checkpoint of other data, or of a fine-tuned run, is refused."""
     if run is None or not (run.last.exists() or run.prev.exists()):
         return None
+    if run.train_info.exists() and "finetune" in json.loads(run.train_info.read_text() or "{}"):
+        raise SeqrecError(f"{run.path} is a fine-tuned run (seqrec finetune): its checkpoint holds the "
+                          "fine-tuning method's layers and cannot be resumed; fine-tune the base run again")
     path = run.last if run.last.exists() else run.prev
     try:
         ck = load_checkpoint(path)
