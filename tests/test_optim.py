@@ -9,7 +9,7 @@ import torch
 
 from seqrec.config import Config, upgrade_saved
 from seqrec.registry import MODELS
-from seqrec.training.optim import LAZY_ITEMS_AUTO, LazyAdam, build_optimizer, lazy_items_on
+from seqrec.training.optim import LazyAdam, build_optimizer
 
 
 def _pair(decoupled: bool = False, wd: float = 0.0) -> tuple[torch.nn.Parameter, torch.nn.Parameter,
@@ -70,22 +70,32 @@ def test_state_dict_round_trip_continues_identically() -> None:
     assert torch.equal(b.detach(), b2.detach())
 
 
-def test_auto_turns_on_from_the_threshold_and_builds_two_groups() -> None:
-    assert not lazy_items_on("auto", LAZY_ITEMS_AUTO - 1) and lazy_items_on("auto", LAZY_ITEMS_AUTO)
-    assert lazy_items_on(True, 10) and not lazy_items_on(False, 10**7)
+def test_adam_is_fused_and_lazy_items_is_opt_in() -> None:
     train = Config().train
-    small = MODELS.build("sasrec", 100, d=8, n_heads=1, n_blocks=1, max_len=5)
-    assert type(build_optimizer(small, train)) is torch.optim.Adam
-    big = MODELS.build("sasrec", LAZY_ITEMS_AUTO, d=2, n_heads=1, n_blocks=1, max_len=5)
-    opt = build_optimizer(big, train)
-    assert isinstance(opt, LazyAdam)
-    lazy_params = [p for g in opt.param_groups if g.get("lazy") for p in g["params"]]
-    assert len(lazy_params) == 1 and lazy_params[0] is big.item_emb.weight
-    assert type(build_optimizer(big, train.model_copy(update={"lazy_items": False}))) is torch.optim.Adam
+    model = MODELS.build("sasrec", 300, d=8, n_heads=1, n_blocks=1, max_len=5)
+    opt = build_optimizer(model, train)
+    assert type(opt) is torch.optim.Adam and opt.defaults["fused"]
+    lazy = build_optimizer(model, train.model_copy(update={"lazy_items": True}))
+    assert isinstance(lazy, LazyAdam)
+    lazy_params = [p for g in lazy.param_groups if g.get("lazy") for p in g["params"]]
+    assert len(lazy_params) == 1 and lazy_params[0] is model.item_emb.weight
 
 
-def test_runs_saved_before_lazy_items_resume_with_dense_adam() -> None:
+def test_fused_adam_is_adam() -> None:
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(40, 6))
+    b = torch.nn.Parameter(a.detach().clone())
+    plain = torch.optim.Adam([a], lr=1e-2, betas=(0.9, 0.98), foreach=False)
+    fused = torch.optim.Adam([b], lr=1e-2, betas=(0.9, 0.98), fused=True)
+    for step in range(5):
+        g = torch.randn(40, 6, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = g.clone(), g.clone()
+        plain.step()
+        fused.step()
+    torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_runs_saved_before_lazy_items_resume_unchanged() -> None:
     tree = Config().to_dict()
     del tree["train"]["lazy_items"]
-    assert Config.from_tree(upgrade_saved(tree)).train.lazy_items is False
-    assert Config.from_tree(tree).train.lazy_items == "auto"  # a new config typed by a user
+    assert upgrade_saved(tree)["train"]["lazy_items"] is False  # no "setting changed" on resume

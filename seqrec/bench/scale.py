@@ -7,7 +7,7 @@ items that occur: up to 200k items the generator draws that many ids (nearly all
 cluster. The table gives the catalog that resulted.
 
 Each (catalog, loss) case runs in a fresh subprocess (so its peak RSS is its own): the default
-config (SASRec d = 64, 2 blocks, max_len 50, batch 128, Adam; ``train.lazy_items`` auto) with that
+config (SASRec d = 64, 2 blocks, max_len 50, batch 128, fused Adam) with that
 loss, then
 
 1. ``--steps`` timed training steps after one warm-up (``bench.throughput.measure_loss``: seconds
@@ -74,7 +74,6 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     from seqrec.data import load_dataset
     from seqrec.evaluation import evaluate
     from seqrec.registry import MODELS
-    from seqrec.training.optim import lazy_items_on
 
     cfg = _config(spec["loss"], spec["budget"], spec["valid_users"], spec.get("threads"), spec.get("device", "auto"))
     data = load_dataset(spec["data"])
@@ -99,7 +98,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             "trained_s": round(trained_s, 1), "epochs": info.get("epochs"), "valid_ndcg@10": round(ndcg, 5),
             "pop_ndcg@10": round(pop_ndcg, 5), "x_pop": round(ndcg / pop_ndcg, 2) if pop_ndcg else math.inf,
             "peak_rss_mb": round(_status_mb("VmHWM") or 0.0), "device": trainer.device.type, "cuda_peak_mb": cuda_mb,
-            "lazy_items": lazy_items_on(cfg.train.lazy_items, data.n_items),
+            "lazy_items": cfg.train.lazy_items,
             "threads": torch.get_num_threads(), "note": ""}
 
 
