@@ -59,9 +59,6 @@ class TrainConfig(_Section):
     lr: PosFloat = 1e-3
     betas: Annotated[list[NonNegFloat], Field(min_length=2, max_length=2)] = [0.9, 0.98]
     weight_decay: NonNegFloat = 0.0
-    # Adam updates only the item-table rows a step touches (training/optim.py LazyAdam): faster on
-    # huge catalogs, but rare items learn more slowly (measured: docs/benchmarks.md), so opt-in
-    lazy_items: Bool = False
     grad_clip: PosFloat | None = None          # max gradient norm
     epochs: PosInt = 200
     patience: PosInt = 10                      # epochs without validation NDCG@10 gain before stopping
@@ -231,7 +228,7 @@ def upgrade_saved(tree: dict[str, Any]) -> dict[str, Any]:
         sec, key = old.split(".")
         if isinstance(tree.get(sec), dict) and key in tree[sec]:
             tree[sec][new.split(".")[1]] = tree[sec].pop(key)
-    for sec, fields in (("train", ("loggers", "tracking_uri", "lazy_items")),):  # keys added since: their defaults
+    for sec, fields in (("train", ("loggers", "tracking_uri")),):  # keys added since: their defaults
         for key in fields if isinstance(tree.get(sec), dict) else ():
             tree[sec].setdefault(key, DEFAULT_TREE[sec][key])
     named = [(tree.get("model"), MODELS), (tree.get("loss"), LOSSES)]

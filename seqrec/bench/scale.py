@@ -33,7 +33,7 @@ from typing import Any
 
 COLUMNS = ["items", "loss", "step_s", "tokens_per_s", "share_loss", "share_optimizer", "epoch_s_projected",
            "trained_s", "epochs", "valid_ndcg@10", "pop_ndcg@10", "x_pop", "peak_rss_mb", "predicted_mb",
-           "lazy_items", "device", "cuda_peak_mb", "note"]
+           "device", "cuda_peak_mb", "note"]
 
 
 def prepare(items: int, users: int, cache: Path, log: Callable[[str], None]) -> Path:
@@ -98,7 +98,6 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             "trained_s": round(trained_s, 1), "epochs": info.get("epochs"), "valid_ndcg@10": round(ndcg, 5),
             "pop_ndcg@10": round(pop_ndcg, 5), "x_pop": round(ndcg / pop_ndcg, 2) if pop_ndcg else math.inf,
             "peak_rss_mb": round(_status_mb("VmHWM") or 0.0), "device": trainer.device.type, "cuda_peak_mb": cuda_mb,
-            "lazy_items": cfg.train.lazy_items,
             "threads": torch.get_num_threads(), "note": ""}
 
 
