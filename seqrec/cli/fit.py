@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -70,10 +71,15 @@ def fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, 
     With no arguments: SASRec + full CE on the embedded synthetic data (under a minute on 2 cores).
     Under torchrun, rank 0 runs this command and the other ranks train what it announces.
     """
+    def body() -> int:
+        return _fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, strict,
+                    baseline, force, dry_run)
+
+    if devices is None and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return body()  # one process: no torch import before the config is checked (a mistake answers at once)
     from seqrec.training import distributed
 
-    return distributed.run_fit(devices, lambda: _fit(config, dataset, data_dir, fmt, model, loss, sets, device, out,
-                                                     resume, overwrite, strict, baseline, force, dry_run), _follow)
+    return distributed.run_fit(devices, body, _follow)
 
 
 def _follow(payload: dict[str, Any]) -> int:
@@ -95,10 +101,12 @@ def _follow(payload: dict[str, Any]) -> int:
 def _fit(config, dataset, data_dir, fmt, model, loss, sets, device, out, resume, overwrite, strict, baseline,
          force, dry_run) -> int:
     from seqrec.rundir import RunDir
-    from seqrec.training import distributed
 
-    if distributed.elastic_resume(out):  # torchrun restarted a failed group: continue the run, don't start over
-        resume, out, config, dataset, data_dir, fmt, model, loss, strict, overwrite = (out, *[None] * 8, False)
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0:  # torchrun restarted a failed group
+        from seqrec.training import distributed
+
+        if distributed.elastic_resume(out):  # continue the run, don't start over
+            resume, out, config, dataset, data_dir, fmt, model, loss, strict, overwrite = (out, *[None] * 8, False)
 
     flags = {"data.dataset": dataset, "data.data_dir": data_dir, "data.format": fmt, "model.name": model,
              "loss.name": loss, "train.device": device, "data.strict": strict}
