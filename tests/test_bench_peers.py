@@ -141,3 +141,29 @@ def test_setup_reuses_a_ready_environment_and_reinstalls_on_changed_pins(tmp_pat
     envs.ensure_env("replay", tmp_path / "cache", log=lambda m: None)
     assert [c[1][0] for c in calls] == [envs.TORCH, "-c"]  # torch first, then the peer under the constraint
     assert (root / "constraints.txt").read_text().strip() == envs.TORCH
+
+
+def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
+    from seqrec.cli import main
+
+    args = ["bench", "peers", "--dataset", "synthetic", "--budgets", "1", "--libraries", "seqrec",
+            "--work-dir", str(tmp_path / "w")]
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert [r["loss"] for r in first] == ["ce", "sce", "gbce"] and all(r["error"] is None for r in first)
+    assert all(r["jobs"] == 2 for r in first)
+    ce = tmp_path / "w" / "1s" / "seqrec-sasrec-ce" / "record.json"
+    marked = {**json.loads(ce.read_text()), "ndcg@10": 0.123}  # a kept record is read, not re-run
+    ce.write_text(json.dumps(marked))
+    gbce = tmp_path / "w" / "1s" / "seqrec-sasrec-gbce" / "record.json"
+    gbce.write_text(json.dumps({**json.loads(gbce.read_text()), "error": "killed"}))  # a failed case runs again
+    capsys.readouterr()
+    assert main([*args, "--resume", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again[0]["ndcg@10"] == 0.123 and again[1] == first[1]
+    assert again[2]["error"] is None and "sasrec gbce: kept" not in err and "sasrec ce: kept" in err
+    assert main([*args, "--threads", "2", "--resume", "--out", str(tmp_path / "c")]) == 0  # other settings: re-run
+    assert json.loads((tmp_path / "c" / "results.json").read_text())[0]["ndcg@10"] != 0.123
+    assert main(["bench", "peers", "--resume", "--libraries", "seqrec", "--out", str(tmp_path / "d")]) == 2
+    assert "--work-dir" in capsys.readouterr().err

@@ -3,6 +3,7 @@ loss and budget), every top-k scored by ``seqrec.bench.peers.score``."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 from seqrec.bench.peers import envs
 from seqrec.errors import ConfigError, SeqrecError
+from seqrec.io import write_json
 
 HERE = Path(__file__).resolve().parent
 LIBRARIES = ("seqrec", "recbole", "rectools", "replay")
@@ -104,23 +106,56 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
 
 def measure(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
             threads: int, cache_dir: str | None, work_dir: str | None, install: bool,
-            log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Export ``dataset``'s leave-one-out split once, run every case at every budget -> records."""
+            log: Callable[[str], None], jobs: int = 1, resume: bool = False) -> list[dict[str, Any]]:
+    """Export ``dataset``'s leave-one-out split once, run every case at every budget -> records.
+
+    ``jobs`` cases run at once (each with ``threads`` threads: give every case its own cores).
+    Each finished case leaves ``record.json`` in its ``work_dir`` folder; with ``resume`` a case whose
+    record is there (same settings, no error) is read back instead of run again, so a long comparison
+    continues where it stopped.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from seqrec.bench.peers.export import export
     from seqrec.data import load_dataset
 
+    if resume and not work_dir:
+        raise ConfigError("--resume continues the cases kept in --work-dir: give the same --work-dir")
     data = load_dataset(dataset, data_dir=data_dir)
     with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
         work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
         export_dir = export(data, work / "export")
         log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
-        records = []
-        for budget in budgets:
-            for case in cases(libraries, models):
-                log(f"[{budget} s] {' '.join(case)} ...")
-                rec = run_case(case, budget, data, export_dir, work / f"{budget}s" / "-".join(case), threads,
-                               cache_dir, install, log)
-                shown = f"NDCG@10 {rec['ndcg@10']:.4f}" if rec["ndcg@10"] is not None else f"error: {rec['error']}"
-                log(f"[{budget} s] {' '.join(case)}: {shown}")
-                records.append(rec)
-        return records
+        todo = [(budget, case) for budget in budgets for case in cases(libraries, models)]
+
+        def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:
+            budget, case = item
+            where = work / f"{budget}s" / "-".join(case)
+            done = _finished(where, case, budget, data.name, threads) if resume else None
+            if done is not None:
+                log(f"[{budget} s] {' '.join(case)}: kept from {where} (--resume)")
+                return done
+            log(f"[{budget} s] {' '.join(case)} ...")
+            rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log)
+            # how crowded the machine was: cases measured under different load are not comparable
+            rec.update(jobs=jobs, load_avg_5min=round(os.getloadavg()[1], 2))
+            write_json(where / "record.json", rec)
+            shown = f"NDCG@10 {rec['ndcg@10']:.4f}" if rec["ndcg@10"] is not None else f"error: {rec['error']}"
+            log(f"[{budget} s] {' '.join(case)}: {shown}")
+            return rec
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each case is a subprocess: threads suffice
+            return list(pool.map(one, todo))
+
+
+def _finished(where: Path, case: tuple[str, str, str], budget: int, dataset: str, threads: int) -> dict | None:
+    """The record a previous run left in ``where`` for this case, or None (absent, failed or other settings)."""
+    import json
+
+    try:
+        rec = json.loads((where / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (rec.get("library"), rec.get("model"), rec.get("loss"), rec.get("budget_s"), rec.get("dataset"),
+            rec.get("threads")) == (*case, budget, dataset, threads)
+    return rec if same and rec.get("error") is None else None
