@@ -72,7 +72,7 @@ def test_new_items_refused_or_appended_with_train_embeddings(base, tmp_path, cap
     C = b.data_.n_items
     assert rec.data_.n_items == C + 3 and list(rec.data_.item_ids[C + 1:]) == [10_000, 10_001, 10_002]
     assert np.array_equal(rec.data_.item_ids[:C + 1], b.data_.item_ids)
-    assert not torch.equal(rec.model_.item_emb.weight[1:C + 1], b.model_.item_emb.weight[1:])  # trained
+    assert not torch.equal(rec.model_.item_emb.weight[:C], b.model_.item_emb.weight)  # trained
     assert len(rec.recommend(k=3)) > 0
 
 
@@ -179,8 +179,9 @@ def test_bert4rec_sparsegrad_with_new_items_keeps_the_mask_row(tiny_overrides):
                           log=lambda s: None)
     m, b = tuned.model_, base.model_
     assert tuned.data_.n_items == C + 1 and m.mask_token == C + 2
-    assert m.item_emb.weight.shape[0] == C + 3
-    assert torch.equal(m.item_emb.weight[0], b.item_emb.weight[0])  # padding row stays zero
+    assert m.item_emb.weight.shape[0] == C + 1 and m.item_emb.num_embeddings == C + 3
+    assert not torch.equal(m.item_emb.extra, b.item_emb.extra)  # the mask token's row trains with the table
+    assert m.item_emb(torch.zeros(1, 1, dtype=torch.long)).abs().sum() == 0  # padding reads zero
     assert type(m.blocks[0].up) is torch.nn.Linear and m.blocks[0].up.out_features == 4 * m.d
     assert not torch.equal(m.blocks[0].up.weight, b.blocks[0].up.weight)
 

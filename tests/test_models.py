@@ -8,7 +8,7 @@ import torch
 
 from seqrec.errors import ConfigError
 from seqrec.models import Encoder
-from seqrec.registry import MODELS
+from seqrec.registry import LOSSES, MODELS
 
 C = 30
 TINY = {
@@ -54,6 +54,7 @@ def test_default_params_and_readme_snippet():
     assert m(torch.randint(0, 101, (2, 7))).shape == (2, 7, 64)
     b = MODELS.build("bert4rec", 100)
     assert b.mask_token == 101 and b.item_emb.num_embeddings == 102 and b.mask_prob == 0.2
+    assert b.item_emb.weight.shape == (100, 64)
     names = ("sasrec", "bert4rec", "gru4rec", "pop")
     assert [MODELS.get(n).trainable for n in names] == [True, True, True, False]
     assert [MODELS.get(n).causal for n in ("sasrec", "bert4rec", "gru4rec")] == [True, False, True]
@@ -96,12 +97,33 @@ def test_item_embeddings_tied_to_input_table(name):
     m = make(name)
     w = m.item_embeddings()
     table = m.item_emb.weight
-    assert w.shape == (C, m.d)
-    assert w.untyped_storage().data_ptr() == table.untyped_storage().data_ptr()
-    torch.testing.assert_close(w, table[1 : C + 1])
-    # the gradient of a scoring loss reaches the input table (one tensor, not a copy)
+    assert w is table and w.shape == (C, m.d)  # the parameter itself: no slice, no copy
+    ids = torch.tensor([[0, 1, C]])
+    got = m.item_emb(ids)[0]
+    assert torch.equal(got[0], torch.zeros(m.d)) and torch.equal(got[1], w[0]) and torch.equal(got[2], w[C - 1])
+    # the gradients of a scoring loss and of the lookup reach the table as one dense gradient
+    m.train()
     (m(batch())[:, -1] @ w.T).logsumexp(-1).sum().backward()
-    assert table.grad is not None and table.grad[1:].abs().sum() > 0
+    assert table.grad is not None and not table.grad.is_sparse and table.grad.abs().sum() > 0
+    if name == "bert4rec":
+        assert m.item_emb.extra.shape == (1, m.d)
+        torch.testing.assert_close(m.item_emb(torch.tensor([[m.mask_token]]))[0, 0], m.item_emb.extra[0])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
+def test_state_dict_of_the_single_table_layout_still_loads(name):
+    """Runs saved before the split kept one [1 + C (+ mask), d] table with a zero padding row."""
+    m = make(name)
+    state = m.state_dict()
+    rows = [torch.zeros(1, m.d), state.pop("item_emb.weight")]
+    if "item_emb.extra" in state:
+        rows.append(state.pop("item_emb.extra"))
+    state["item_emb.weight"] = torch.cat(rows)
+    fresh = make(name, seed=1)
+    fresh.load_state_dict(state)
+    x = batch()
+    torch.testing.assert_close(fresh(x), m(x))
+    assert torch.equal(fresh.item_embeddings(), m.item_embeddings())
 
 
 def test_registry_errors():
@@ -239,3 +261,27 @@ def test_sasrec_reference_layout_is_causal_padding_invariant_and_distinct():
     assert torch.allclose(ref(wide)[:, -1], h[:, -1], atol=1e-5)
     with pytest.raises(ConfigError, match="model.block"):
         MODELS.build("sasrec", C, block="post")
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "gru4rec"])
+@pytest.mark.parametrize("loss", ["ce", "sce"])
+def test_two_part_backward_gives_autograd_gradients(name, loss):
+    """The trainer's backward (loss gradients first, then the encoder's, the table's dense and sparse
+    parts added by hand) computes what one ``backward()`` computes, and leaves a dense table gradient."""
+    from seqrec.losses import LossContext
+    from seqrec.training.backward import backward
+
+    grads = []
+    for two_part in (False, True):
+        m = make(name).train()
+        torch.manual_seed(1)  # the same dropout masks
+        x = m(batch()).reshape(-1, m.d)
+        table = m.item_embeddings()
+        w = table.view_as(table) if two_part else table
+        ctx = LossContext(capacity=x.shape[0], generator=torch.Generator().manual_seed(0))
+        value = LOSSES.build(loss)(x, torch.arange(x.shape[0]) % C, w, ctx)
+        backward(value, x, w, table if two_part else None, lambda part: None, False)
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    assert grads[0].keys() == grads[1].keys() and not grads[1]["item_emb.weight"].is_sparse
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k].to_dense(), rtol=1e-5, atol=1e-7)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqrec.models.base import Encoder, Float, Int, check_int, check_prob
+from seqrec.models.table import ItemTable
 
 
 class GRU4Rec(Encoder):
@@ -26,17 +27,15 @@ class GRU4Rec(Encoder):
         self.n_blocks = check_int("n_blocks", n_blocks, 1)
         self.max_len = check_int("max_len", max_len, 1)
         self.dropout = check_prob("dropout", dropout)
-        self.item_emb = nn.Embedding(n_items + 1, self.d, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=self.d ** -0.5)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = ItemTable(n_items, self.d)
+        self.item_emb.reset_(lambda t: nn.init.normal_(t, std=self.d ** -0.5))
         self.drop = nn.Dropout(self.dropout)
         self.gru = nn.GRU(self.d, self.d, self.n_blocks, batch_first=True,
                           dropout=self.dropout if self.n_blocks > 1 else 0.0)
 
     def item_embeddings(self) -> torch.Tensor:
-        """[C, d]: rows 1..C of the input table (tied)."""
-        return self.item_emb.weight[1:]
+        """[C, d]: the input table's item rows, the parameter itself (tied)."""
+        return self.item_emb.weight
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items: int64 [B, L], left-padded with 0 -> hidden [B, L, d] (0 at padding)."""

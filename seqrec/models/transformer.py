@@ -17,6 +17,7 @@ from torch import nn
 
 from seqrec.errors import ConfigError
 from seqrec.models.base import Encoder, Float, Int, check_int, check_prob
+from seqrec.models.table import ItemTable
 
 Layout = Literal["pre_ln", "sasrec"]
 LAYOUTS = get_args(Layout)
@@ -70,7 +71,7 @@ class Block(nn.Module):
 class _SelfAttentionEncoder(Encoder):
     """Shared body: embeddings -> n_blocks pre-LN blocks -> final LayerNorm, padding rows zeroed."""
 
-    n_special: int = 1  # rows in the item table besides items 1..C: padding (+ mask token)
+    n_special: int = 1  # model ids besides items 1..C: padding (+ mask token, a row of item_emb.extra)
     act: str = "relu"
     ff_mult: int = 1  # the default of ``ffn_mult`` (seqrec.plan reads it from the class)
     scale_emb: bool = True
@@ -88,7 +89,7 @@ class _SelfAttentionEncoder(Encoder):
         self.ffn_mult = check_int("ffn_mult", ffn_mult, 1)
         if self.d % self.n_heads:
             raise ConfigError(f"model.d={self.d} must be divisible by model.n_heads={self.n_heads}")
-        self.item_emb = nn.Embedding(n_items + self.n_special, self.d, padding_idx=0)
+        self.item_emb = ItemTable(n_items, self.d, self.n_special - 1)
         self.pos_emb = nn.Embedding(self.max_len, self.d)
         self.emb_drop = nn.Dropout(self.dropout)
         d_ff = self.ffn_mult * self.d
@@ -98,14 +99,16 @@ class _SelfAttentionEncoder(Encoder):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # As the SASRec reference implementations: Xavier-normal for every matrix, zero biases.
+        # As the SASRec reference implementations: Xavier-normal for every matrix, zero biases. The
+        # item table first (it is registered first), drawn as the one [1 + C + extra, d] matrix it was.
+        self.item_emb.reset_(nn.init.xavier_normal_)
         for name, p in self.named_parameters():
+            if name.startswith("item_emb."):
+                continue
             if p.dim() > 1:
                 nn.init.xavier_normal_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
 
     def ffn_linears(self) -> dict[str, list[str]]:
         """The feed-forward linears by kind (``seqrec.peft`` adapts them): "up" (d -> ffn_mult*d) and
@@ -113,8 +116,8 @@ class _SelfAttentionEncoder(Encoder):
         return {kind: [f"blocks.{i}.{kind}" for i in range(self.n_blocks)] for kind in ("up", "down")}
 
     def item_embeddings(self) -> torch.Tensor:
-        """[C, d] view of the input table's rows 1..C (tied input/output embeddings, shared storage)."""
-        return self.item_emb.weight[1:self.n_items + 1]
+        """[C, d]: the input table's item rows, the parameter itself (tied input/output embeddings)."""
+        return self.item_emb.weight
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items: int64 [B, L], L <= max_len, left-padded with 0 -> hidden float [B, L, d] (0 at padding)."""
@@ -159,7 +162,8 @@ class SASRec(_SelfAttentionEncoder):
 class BERT4Rec(_SelfAttentionEncoder):
     """BERT4Rec (Sun et al., CIKM 2019): bidirectional self-attention over a sequence with masked items.
 
-    Item table [C+2, d]: row 0 = padding, rows 1..C = items, row C+1 = ``mask_token``. GELU FFN
+    Model ids: 0 = padding, 1..C = items (``item_emb.weight`` [C, d]), C+1 = ``mask_token``
+    (``item_emb.extra`` [1, d]). GELU FFN
     (d -> ffn_mult*d -> d, 4 as in BERT); no causal mask (only padding keys are hidden). ``mask_prob`` is read by
     the trainer's masked-item sampler; at evaluation the mask token goes after the last item.
     """

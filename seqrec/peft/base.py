@@ -41,8 +41,15 @@ def set_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def embedding_params(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters holding the item table (``item_embeddings()`` is a view of their storage)."""
-    ptr = model.item_embeddings().untyped_storage().data_ptr()
+    """The parameters holding the item table: an ``ItemTable``'s (the items and any special rows such
+    as BERT4Rec's mask token), else those sharing ``item_embeddings()``'s storage (a plug-in's table)."""
+    from seqrec.models.table import ItemTable
+
+    w = model.item_embeddings()
+    for m in model.modules():
+        if isinstance(m, ItemTable) and m.weight is w:
+            return list(m.parameters())
+    ptr = w.untyped_storage().data_ptr()
     return [p for p in model.parameters() if p.untyped_storage().data_ptr() == ptr]
 
 

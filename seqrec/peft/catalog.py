@@ -48,9 +48,10 @@ def to_catalog(new: PreparedData, item_ids: np.ndarray, append: bool) -> tuple[P
 def grow_items(state: dict[str, Any], keys: list[str], n_old: int, n_new: int,
                seed: int = 0) -> dict[str, torch.Tensor]:
     """A state dict of a model with ``n_old`` items made to fit one with ``n_new`` >= n_old items:
-    each item table ``keys`` (rows: padding, items 1..n_old, then any special rows such as BERT4Rec's
-    mask token) gets n_new - n_old fresh rows after the items (normal, the trained rows' std); the
-    special rows move to the end."""
+    each item table ``keys`` gets n_new - n_old fresh rows after its items (normal, the trained rows'
+    std). A table of exactly n_old rows is the items alone (``seqrec.models.table.ItemTable``); a
+    larger one (a plug-in's single table: padding, items 1..n_old, then special rows) keeps its
+    special rows at the end."""
     extra = n_new - n_old
     if extra == 0:
         return state
@@ -58,9 +59,10 @@ def grow_items(state: dict[str, Any], keys: list[str], n_old: int, n_new: int,
     out = {}
     for key, t in state.items():
         if key in keys:
-            items = t[1:n_old + 1]
+            first = 0 if t.shape[0] == n_old else 1  # the padding row, if the table has one
+            items = t[first:first + n_old]
             fresh = torch.randn((extra, *t.shape[1:]), generator=gen, dtype=torch.float64)
             fresh = (fresh * items.double().std()).to(t.dtype)
-            t = torch.cat([t[:n_old + 1], fresh, t[n_old + 1:]])
+            t = torch.cat([t[:first + n_old], fresh, t[first + n_old:]])
         out[key] = t
     return out

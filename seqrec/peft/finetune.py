@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from seqrec.errors import ConfigError, SeqrecError
-from seqrec.peft.base import embedding_params
 
 
 def finetune(base: Any, data: Any, peft: str = "sparsegrad", out: str | os.PathLike | None = None,
@@ -117,8 +116,8 @@ def _base_model(base: Any, n_items: int, seed: int) -> torch.nn.Module:
     from seqrec.peft.catalog import grow_items
 
     state = {k: v.detach().cpu().clone() for k, v in base.model_.state_dict().items()}
-    ptrs = {p.untyped_storage().data_ptr() for p in embedding_params(base.model_)}
-    keys = [k for k, v in base.model_.state_dict().items() if v.untyped_storage().data_ptr() in ptrs]
+    ptr = base.model_.item_embeddings().untyped_storage().data_ptr()  # the table with the item rows
+    keys = [k for k, v in base.model_.state_dict().items() if v.untyped_storage().data_ptr() == ptr]
     model = base._build_model(n_items)
     model.load_state_dict(grow_items(state, keys, base.data_.n_items, n_items, seed))
     return model

@@ -281,9 +281,9 @@ def ddp_step(trainer: Any, sel: np.ndarray, state: Any) -> tuple[float | None, d
     if not finite:
         trainer.optimizer.zero_grad(set_to_none=True)
         return trainer._non_finite(state, f"loss {loss}"), {}
-    clip = t.grad_clip if t.grad_clip else float("inf")
-    params = [p for p in trainer.model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    from seqrec.training.backward import clip_gradients
+
+    norm = clip_gradients([p for p in trainer.model.parameters() if p.grad is not None], t.grad_clip)
     if not torch.isfinite(norm):
         trainer.optimizer.zero_grad(set_to_none=True)
         return trainer._non_finite(state, f"gradient norm {norm.item()} (loss {loss:.4f})"), {}

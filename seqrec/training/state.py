@@ -149,6 +149,12 @@ def load_resume(run: RunDir | None, fingerprint: str, n_items: int, log: Any) ->
         path = run.prev
         ck = load_checkpoint(path)
     check_compatible(ck, fingerprint, n_items, path)
+    from seqrec.models.table import is_old_layout
+
+    if ck.get("optimizer") and is_old_layout(ck["model"], n_items):
+        raise SeqrecError(f"{path} was written before the item table lost its padding row (seqrec models "
+                          "now keep the catalog's rows alone): its weights still load for evaluate, recommend, "
+                          "export and finetune, but its optimiser state does not fit; train a new run")
     return _upgrade(ck)
 
 

@@ -30,6 +30,7 @@ from seqrec.losses.base import Loss, LossContext
 from seqrec.rundir import RunDir
 from seqrec.training import callbacks as builtin
 from seqrec.training import distributed
+from seqrec.training.backward import backward, clip_gradients
 from seqrec.training.batches import causal_batch, epoch_order, history_csr, make_windows, masked_batch
 from seqrec.training.callbacks import Callback, TrainingInterrupted, default_callbacks
 from seqrec.training.checkpoint import save_checkpoint
@@ -150,7 +151,11 @@ class Trainer:
         with self.autocast:
             x = model(inputs)[has]                        # [B, W, d] -> [N, d]
             lap("encoder_fwd")
-            w = model.item_embeddings()
+            table = model.item_embeddings()
+            # the loss reads an alias of a leaf table (ItemTable), so its dense [C, d] gradient comes back
+            # to backward() instead of meeting the lookup's sparse one in autograd, which adds them out of place
+            own = table.is_leaf and table.requires_grad
+            w = table.view_as(table) if own or split_backward else table
             value = self.loss(x, targets[has] - 1, w, ctx)
         self.last_tokens = x.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
@@ -158,9 +163,8 @@ class Trainer:
             return self._non_finite(state, f"loss {value.item()}"), {}
         lap("loss_fwd")
         scale = x.shape[0] / self.mean_targets if t.group_by_length else 1.0
-        _backward(value * scale, x, w, lap, split_backward)
-        clip = t.grad_clip if t.grad_clip else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+        backward(value * scale, x, w, table if own else None, lap, split_backward)
+        norm = clip_gradients([p for p in model.parameters() if p.grad is not None], t.grad_clip)
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)
             return self._non_finite(state, f"gradient norm {norm.item()} (loss {value.item():.4f})"), {}
@@ -322,19 +326,3 @@ class Trainer:
         return evaluate(self.model, evalset, max_len=self.max_len, ks=list(e.ks), filter_seen=e.filter_seen,
                         batch_size=e.batch_size, device=self.device, seed=int(self.cfg.train.seed),
                         encode_dtype=e.encode_dtype)
-
-
-def _backward(value: torch.Tensor, x: torch.Tensor, w: torch.Tensor, lap: Callable[[str], None],
-              split: bool) -> None:
-    """``value.backward()``; with ``split`` in two timed parts: the loss's gradients wrt its inputs
-    x [N, d] and w [C, d] (``autograd.grad``), then the encoder's backward from them."""
-    if not split:
-        value.backward()
-        lap("backward")
-        return
-    leaves = [v for v in (x, w) if v.requires_grad]
-    grads = torch.autograd.grad(value, leaves, allow_unused=True)
-    lap("loss_bwd")
-    used = [(v, g) for v, g in zip(leaves, grads, strict=True) if g is not None]
-    torch.autograd.backward([v for v, _ in used], [g for _, g in used])
-    lap("encoder_bwd")
