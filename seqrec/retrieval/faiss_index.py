@@ -33,6 +33,8 @@ from seqrec.retrieval.exact import exact_topk
 from seqrec.retrieval.tune import DEFAULTS as TUNING
 from seqrec.retrieval.tune import Tunable
 
+SEARCH_BLOCK_BYTES = 256 * 2**20  # working memory of one block of filtered query rows
+
 
 def import_faiss() -> ModuleType | None:
     """The faiss module, or None when it is not importable (faiss-less install)."""
@@ -133,8 +135,9 @@ class FaissRetriever(Retriever):
             return self._exact(q, k, filters)
         if not filters.active:
             kf = min(k, c)
-            s, i = self._raw(q, kf)
-            return _pad(*sort_rows(s, i), k)
+            step = max(1, SEARCH_BLOCK_BYTES // (100 * kf))
+            parts = [_pad(*sort_rows(*self._raw(q[b0:b0 + step], kf)), k) for b0 in range(0, len(q), step)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         m = q.shape[0]
         need = np.minimum(k, filters.eligible_per_row())  # items each row must end with
         scale = c / max(1, filters.n_eligible()) if filters.allowed is not None else 1.0
@@ -148,15 +151,20 @@ class FaissRetriever(Retriever):
         while len(todo):
             short = []
             for kf in np.unique(fetch[todo]):
-                rows = todo[fetch[todo] == kf]
-                s, i = self._raw(q[rows], int(kf))
-                keep = filters.row_subset(rows).keep_mask(i)
-                s, i = np.where(keep, s, -np.inf), np.where(keep, i, -1)
-                s, i = sort_rows(s, i)
-                s, i = _pad(s[:, :k], i[:, :k], k)
-                out_s[rows], out_i[rows] = s, i
-                got = (i >= 0).sum(1)
-                short.append(rows[got < need[rows]])
+                group = todo[fetch[todo] == kf]
+                # in blocks: filtering and sorting [rows, kf] candidates takes ~100 bytes a candidate,
+                # so 200k users at once held gigabytes (1M-item evaluation, docs/benchmarks.md)
+                step = max(1, SEARCH_BLOCK_BYTES // (100 * int(kf)))
+                for b0 in range(0, len(group), step):
+                    rows = group[b0:b0 + step]
+                    s, i = self._raw(q[rows], int(kf))
+                    keep = filters.row_subset(rows).keep_mask(i)
+                    s, i = np.where(keep, s, -np.inf), np.where(keep, i, -1)
+                    s, i = sort_rows(s, i)
+                    s, i = _pad(s[:, :k], i[:, :k], k)
+                    out_s[rows], out_i[rows] = s, i
+                    got = (i >= 0).sum(1)
+                    short.append(rows[got < need[rows]])
             todo = np.concatenate(short) if short else np.zeros(0, np.int64)
             if len(todo):
                 done = fetch[todo] >= min(c, max_fetch)
