@@ -309,3 +309,23 @@ def test_renamed_memory_knobs_and_old_saved_params(data, tmp_path):
     assert isinstance(back, TorchRetriever) and back.params["memory_budget_mb"] == 2.0
     assert back.params["chunk_size"] == 50
     np.testing.assert_array_equal(back.search(q, K)[1], r.search(q, K)[1])
+
+
+@needs_faiss
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-flat"])
+def test_search_in_blocks_of_rows_equals_one_block(backend, data, monkeypatch):
+    """Filtered and unfiltered searches run in blocks of query rows (bounded memory for 200k users):
+    tiny blocks (one to three rows) give exactly what one block gives."""
+    import seqrec.retrieval.faiss_index as fi
+
+    emb, q = data
+    rng = np.random.default_rng(5)
+    _, top = reference(emb, q, 30)
+    sets = [list(top[r, : rng.integers(0, 25)]) for r in range(M)]
+    r = build_retriever(backend, **approx_params(backend)).build(emb)
+    whole = [r.search(q, K), r.search(q, K, exclude=csr(sets))]
+    monkeypatch.setattr(fi, "SEARCH_BLOCK_BYTES", 100 * 64 * 3)
+    blocks = [r.search(q, K), r.search(q, K, exclude=csr(sets))]
+    for (s0, i0), (s1, i1) in zip(whole, blocks, strict=True):
+        np.testing.assert_array_equal(i1, i0)
+        np.testing.assert_array_equal(s1, s0)
