@@ -31,9 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ["items", "loss", "step_s", "tokens_per_s", "share_loss", "share_optimizer", "epoch_s_projected",
-           "trained_s", "epochs", "valid_ndcg@10", "pop_ndcg@10", "x_pop", "peak_rss_mb", "predicted_mb",
-           "device", "cuda_peak_mb", "note"]
+COLUMNS = ["items", "loss", "step_s", "cpu_s_per_step", "tokens_per_s", "share_loss", "share_optimizer",
+           "epoch_s_projected", "trained_s", "epochs", "valid_ndcg@10", "pop_ndcg@10", "x_pop", "peak_rss_mb",
+           "predicted_mb", "device", "cuda_peak_mb", "note"]
 
 
 def prepare(items: int, users: int, cache: Path, log: Callable[[str], None]) -> Path:
@@ -92,6 +92,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     loss_share = timed["share_loss_fwd"] + timed["share_loss_bwd"]
     cuda_mb = round(torch.cuda.max_memory_allocated() / 2**20) if trainer.device.type == "cuda" else None
     return {"items": data.n_items, "loss": cfg.loss.name, "step_s": timed["step_s"],
+            "cpu_s_per_step": timed["cpu_s_per_step"],
             "tokens_per_s": timed["tokens_per_s"], "share_loss": round(loss_share, 3),
             "share_optimizer": timed["share_optimizer"],
             "epoch_s_projected": round(timed["step_s"] * trainer.n_batches, 1),
