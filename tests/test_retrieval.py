@@ -329,3 +329,23 @@ def test_search_in_blocks_of_rows_equals_one_block(backend, data, monkeypatch):
     for (s0, i0), (s1, i1) in zip(whole, blocks, strict=True):
         np.testing.assert_array_equal(i1, i0)
         np.testing.assert_array_equal(s1, s0)
+
+
+@pytest.mark.parametrize("budget", [1 << 23, 7])
+def test_rank_one_search_in_blocks_equals_scoring(budget, monkeypatch):
+    """The popularity-style 1-d search (sorted catalog, rows skip their excluded items) gives what
+    scoring every item gives, also when its rows go in blocks of a few (bounded memory)."""
+    import seqrec.retrieval.exact as ex
+
+    rng = np.random.default_rng(0)
+    e = np.round(rng.standard_normal((300, 1)), 1).astype(np.float32)  # many ties
+    q = np.array([[1.0], [-2.0], [0.0], [0.5], [3.0]], dtype=np.float32)
+    sets = [list(rng.integers(0, 300, n)) for n in (0, 40, 5, 250, 12)]
+    deny = rng.integers(0, 300, 7)
+    filters = ex.Filters(len(q), 300, exclude=csr(sets), deny=deny)
+    monkeypatch.setattr(ex._rank_one_topk, "__defaults__", (budget,))
+    s1, i1 = ex.exact_topk(torch.from_numpy(e), torch.from_numpy(q), 10, filters)
+    wide = np.concatenate([e, np.zeros_like(e)], 1)  # the same scores through the dense path
+    s2, i2 = ex.exact_topk(torch.from_numpy(wide), torch.from_numpy(np.concatenate([q, q], 1)), 10, filters)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
