@@ -40,31 +40,7 @@ def test_throughput_rejects_unknown_loss(tmp_path):
     assert isinstance(res.exception, ConfigError) and "nope" in str(res.exception)
 
 
-def test_tune_allocator_is_idempotent(monkeypatch):
-    monkeypatch.setattr(system, "_HEAP_KEPT", None)
-    first = system.tune_allocator()
-    assert system.tune_allocator() is first  # a second call changes nothing
-    assert isinstance(first, bool)
-
-
-def test_tune_allocator_is_a_no_op_without_glibc(monkeypatch):
-    class NoMallopt:  # a C library without mallopt (musl, macOS)
-        def __init__(self, name):
-            pass
-
-    monkeypatch.setattr(system, "_HEAP_KEPT", None)
-    monkeypatch.setattr(system.ctypes, "CDLL", NoMallopt)
-    assert system.tune_allocator() is False
-    monkeypatch.setattr(system, "_HEAP_KEPT", None)
-
-    def no_handle(name):
-        raise OSError("no C library handle")
-
-    monkeypatch.setattr(system.ctypes, "CDLL", no_handle)
-    assert system.tune_allocator() is False
-
-
-def test_tune_allocator_calls_mallopt_once(monkeypatch):
+def test_tune_then_untune_restores_glibc_settings(monkeypatch):
     calls = []
 
     class Glibc:
@@ -75,10 +51,37 @@ def test_tune_allocator_calls_mallopt_once(monkeypatch):
             calls.append((param, value))
             return 1
 
-    monkeypatch.setattr(system, "_HEAP_KEPT", None)
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+
+    monkeypatch.setattr(system, "_HEAP_KEPT", False)
+    monkeypatch.setattr(system, "_MALLOC_TRIM", None)
     monkeypatch.setattr(system.ctypes, "CDLL", Glibc)
-    assert system.tune_allocator() is True and system.tune_allocator() is True
-    assert calls == [(-4, 0), (-1, -1)]  # M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1, set once
+    with system.kept_heap(True):
+        assert system.heap_kept()
+    assert not system.heap_kept()
+    # M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1; then glibc's defaults and the free pages handed back
+    assert calls == [(-4, 0), (-1, -1), (-4, 65536), (-1, 128 * 1024), ("trim", 0)]
+    calls.clear()
+    with system.kept_heap(False):
+        assert not system.heap_kept()
+    assert calls == []
+
+
+def test_tune_allocator_is_a_no_op_without_glibc(monkeypatch):
+    class NoMallopt:  # a C library without mallopt (musl, macOS)
+        def __init__(self, name):
+            pass
+
+    monkeypatch.setattr(system, "_HEAP_KEPT", False)
+    monkeypatch.setattr(system.ctypes, "CDLL", NoMallopt)
+    assert system.tune_allocator() is False
+
+    def no_handle(name):
+        raise OSError("no C library handle")
+
+    monkeypatch.setattr(system.ctypes, "CDLL", no_handle)
+    assert system.tune_allocator() is False
 
 
 def _spy_trainer(monkeypatch, free_bytes):
@@ -86,7 +89,7 @@ def _spy_trainer(monkeypatch, free_bytes):
     from seqrec.training import trainer as trainer_mod
 
     calls = []
-    monkeypatch.setattr(trainer_mod, "tune_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr(system, "tune_allocator", lambda: calls.append(1) or True)
     monkeypatch.setattr(trainer_mod, "available_bytes", lambda device: (free_bytes, "test"))
     monkeypatch.setattr(trainer_mod, "check_fits", lambda *a: None)
     return calls, SeqRec
@@ -97,3 +100,22 @@ def test_trainer_keeps_the_heap_only_when_memory_is_not_tight(monkeypatch, tiny_
     calls, SeqRec = _spy_trainer(monkeypatch, free_bytes)
     SeqRec(overrides={**tiny_overrides, "train.epochs": 1}).fit(log=lambda s: None)
     assert bool(calls) is tuned
+
+
+def test_the_heap_is_kept_only_while_stepping(monkeypatch, tiny_overrides):
+    """Evaluation (validation, the popularity line) runs under glibc's settings: its large one-off
+    arrays grew a kept heap by 3.5 GB on ML-20M."""
+    from seqrec.api import SeqRec
+    from seqrec.training import trainer as trainer_mod
+
+    seen = {"step": [], "evaluate": []}
+    step, evaluate = trainer_mod.Trainer._step, trainer_mod.Trainer.evaluate
+    monkeypatch.setattr(trainer_mod.Trainer, "_step", lambda self, *a, **k: seen["step"].append(system.heap_kept())
+                        or step(self, *a, **k))
+    monkeypatch.setattr(trainer_mod.Trainer, "evaluate", lambda self, *a: seen["evaluate"].append(system.heap_kept())
+                        or evaluate(self, *a))
+    monkeypatch.setattr(trainer_mod, "available_bytes", lambda device: (2**40, "test"))
+    SeqRec(overrides={**tiny_overrides, "train.epochs": 2}).fit(log=lambda s: None)
+    assert seen["evaluate"] and not any(seen["evaluate"]) and not system.heap_kept()
+    glibc = system._libc("mallopt") is not None
+    assert seen["step"] and all(seen["step"]) is glibc

@@ -93,7 +93,7 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
     import torch
 
     from seqrec.bench._loss_case import _reset_peak, _status_mb
-    from seqrec.training.system import heap_kept, trim_heap
+    from seqrec.training.system import trim_heap
 
     trim_heap()  # the previous loss's freed heap (kept by tune_allocator) must not count as this one's RSS
     trainer = _trainer(cfg, data)
@@ -121,7 +121,7 @@ def measure_loss(cfg: Any, data: Any, steps: int, warmup: int = 1) -> dict[str, 
     rec.update(cpu_s_per_step=round(cpu_s / max(n, 1), 4),
                sys_s_per_step=round((r1.ru_stime - r0.ru_stime) / max(n, 1), 4),
                minflt_per_step=round((r1.ru_minflt - r0.ru_minflt) / max(n, 1)),
-               peak_rss_mb=_status_mb("VmHWM"), allocator_tuned=heap_kept(),
+               peak_rss_mb=_status_mb("VmHWM"), allocator_tuned=trainer.keep_heap,
                threads=torch.get_num_threads(), autocast=cfg.train.autocast or "")
     return rec
 

@@ -10,6 +10,7 @@ import ctypes
 import json
 import random
 import resource
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -93,9 +94,10 @@ def _libc(name: str) -> Any:
     except (OSError, TypeError):
         return None
 
-# glibc mallopt parameters (malloc.h)
+# glibc mallopt parameters (malloc.h) and glibc's defaults
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_HEAP_KEPT: bool | None = None  # tune_allocator's result, once per process
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_HEAP_KEPT = False  # whether tune_allocator's settings are in force
 
 
 def tune_allocator() -> bool:
@@ -108,22 +110,47 @@ def tune_allocator() -> bool:
     the CPU time in the kernel. With M_MMAP_MAX=0 every block comes from the heap and with
     M_TRIM_THRESHOLD=-1 (man mallopt: "disables trimming") free never shrinks it, so the next step
     reuses mapped pages (ML-1M ``ce`` epoch 1.5x faster, bit-identical). The price: the kept heap
-    fragments across batches of varying size, so the peak RSS rises (ML-1M ``ce``: 2.0 -> 2.9 GB,
-    stable from the second epoch on); the trainer applies it only when memory is not tight.
-    ``trim_heap()`` at each epoch end still returns every free page. Numbers do not change: only
-    where the buffers live. Process-wide and idempotent; a no-op (False) off glibc.
+    fragments across allocations of varying size, so the peak RSS rises (ML-1M ``ce``: 2.0 -> 2.9
+    GB). So the trainer applies it only around its steps (``kept_heap``) and only when memory is
+    not tight: evaluation's large one-off arrays under it grew the heap by 3.5 GB on ML-20M.
+    Numbers do not change: only where the buffers live. Process-wide; a no-op (False) off glibc.
     """
     global _HEAP_KEPT
-    if _HEAP_KEPT is None:
-        mallopt = _libc("mallopt")
-        # musl and macOS have no mallopt; glibc returns 1 on success
-        _HEAP_KEPT = bool(mallopt and mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1)
+    mallopt = _libc("mallopt")
+    # musl and macOS have no mallopt; glibc returns 1 on success
+    _HEAP_KEPT = bool(mallopt and mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1)
     return _HEAP_KEPT
 
 
+def untune_allocator() -> None:
+    """glibc's settings again (large blocks mmapped, the heap's top trimmed), and the kept free
+    pages handed back (``trim_heap``)."""
+    global _HEAP_KEPT
+    if not _HEAP_KEPT:
+        return
+    mallopt = _libc("mallopt")
+    mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    _HEAP_KEPT = False
+    trim_heap()
+
+
+@contextlib.contextmanager
+def kept_heap(enabled: bool) -> Iterator[None]:
+    """``tune_allocator`` inside the block (when ``enabled``), glibc's settings after it."""
+    if not enabled:
+        yield
+        return
+    tune_allocator()
+    try:
+        yield
+    finally:
+        untune_allocator()
+
+
 def heap_kept() -> bool:
-    """Whether ``tune_allocator`` has been applied in this process (it is not applied here)."""
-    return bool(_HEAP_KEPT)
+    """Whether ``tune_allocator``'s settings are in force in this process now."""
+    return _HEAP_KEPT
 
 
 def peak_rss_mb() -> float:

@@ -37,7 +37,7 @@ from seqrec.training.checkpoint import save_checkpoint
 from seqrec.training.memory import available_bytes, check_fits, predicted_step
 from seqrec.training.optim import OptimizerFactory, build_optimizer
 from seqrec.training.state import EpochSums, TrainState, capture, load_resume, restore
-from seqrec.training.system import autocast, peak_rss_mb, resolve_device, seed_everything, trim_heap, tune_allocator
+from seqrec.training.system import autocast, kept_heap, peak_rss_mb, resolve_device, seed_everything, trim_heap
 
 __all__ = ["Trainer", "TrainingInterrupted", "seed_everything", "trim_heap"]
 
@@ -104,6 +104,12 @@ class Trainer:
             state.perm, state.step = epoch_order(rng, lengths, B, bool(self.cfg.train.group_by_length)), 0
         sums = EpochSums(start=time.monotonic())
         self._call("on_epoch_start", state)
+        with kept_heap(self.keep_heap):
+            self._steps(state, sums)
+        return sums
+
+    def _steps(self, state: TrainState, sums: EpochSums) -> None:
+        B = self.batch_size
         while state.step < self.n_batches and state.stop is None:
             b = distributed.batch_index(state.step, self.rank, self.world, self.epoch_batches)
             sel = state.perm[b * B:(b + 1) * B]
@@ -114,7 +120,6 @@ class Trainer:
             state.elapsed = time.monotonic() - self._t0
             self._call("on_step_end", state, loss)
             self._sync_stop(state)
-        return sums
 
     def _sync_stop(self, state: TrainState) -> None:
         """Rank 0's stop decision (time budget, early stop, a user's callback) on every rank."""
@@ -179,9 +184,10 @@ class Trainer:
         state, B = TrainState(), self.batch_size
         self.model.train()
         perm = epoch_order(self.rng, self.windows.ends - self.windows.starts, B, bool(self.cfg.train.group_by_length))
-        for i in range(min(n, self.n_batches)):
-            self._step(perm[i * B:(i + 1) * B], state, lap, split_backward)
-            yield self.last_tokens
+        with kept_heap(self.keep_heap):
+            for i in range(min(n, self.n_batches)):
+                self._step(perm[i * B:(i + 1) * B], state, lap, split_backward)
+                yield self.last_tokens
 
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -206,6 +212,7 @@ class Trainer:
             torch.set_num_threads(int(t.num_threads))
         seed_everything(int(t.seed))
         model.to(self.device)
+        self.keep_heap = False
         if not model.trainable:
             return
         self.rng = np.random.default_rng(int(t.seed))
@@ -222,7 +229,7 @@ class Trainer:
                      f"sequences: batches of {self.batch_size}")
         if not self.force:
             check_fits(self.cfg, model, self.batch_size, self.data.n_items, self.device)
-        self._keep_heap()
+        self.keep_heap = self._keep_heap()
         self.epoch_batches = math.ceil(len(self.windows) / self.batch_size)  # batches of the whole epoch
         self.n_batches = distributed.shard_steps(self.epoch_batches, self.world)  # this rank's steps
         # With length grouping a batch's token count varies a lot; scaling each batch's mean loss by
@@ -238,14 +245,14 @@ class Trainer:
         if self.world > 1:
             self.ddp = distributed.wrap(self)
 
-    def _keep_heap(self) -> None:
-        """``tune_allocator`` (no per-step mmap/munmap of large buffers: 1.5x faster ML-1M CE epochs)
-        unless memory is tight: the kept heap fragments, so the peak RSS can reach ~1.5x the step's
-        (ML-1M CE: 2.9 vs 2.0 GB); it is kept only when twice the predicted step fits the free RAM."""
+    def _keep_heap(self) -> bool:
+        """Whether to ``tune_allocator`` around the steps (no per-step mmap/munmap of large buffers:
+        1.5x faster ML-1M CE epochs): not when memory is tight, since the kept heap fragments and the
+        peak RSS can reach ~1.5x the step's (ML-1M CE: 2.9 vs 2.0 GB); only when twice the
+        predicted step fits the free RAM."""
         need = predicted_step(self.cfg, self.model, self.batch_size, self.data.n_items)
         have = available_bytes(torch.device("cpu")) if self.device.type == "cpu" and need is not None else None
-        if have is None or 2 * need <= have[0]:
-            tune_allocator()
+        return have is None or 2 * need <= have[0]
 
     def _valid_subset(self) -> EvalSet:
         """The validation users of early stopping: all, or a fixed seeded sample (``train.valid_users``,
