@@ -42,7 +42,8 @@ def predict_memory(n_items: int, batch_size: int, max_len: int, d: int, n_blocks
     n_special, ff_mult = _model_shape(model)
     d_ff = (ffn_mult or ff_mult) * d
     per_block = (4 * d * d + 4 * d) + (2 * d * d_ff + d_ff + d) + 4 * d  # attention, FFN, 2 LayerNorms
-    n_params = (n_items + n_special) * d + max_len * d + n_blocks * per_block + 2 * d
+    # item rows + special rows (BERT4Rec's mask token): padding has no row (seqrec.models.table)
+    n_params = (n_items + n_special - 1) * d + max_len * d + n_blocks * per_block + 2 * d
     t = batch_size * max_len
     n = t if tokens is None else tokens
     # saved for backward per block (float32 unless noted): LN1 in/out, q, k, v, attention output,
