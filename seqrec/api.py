@@ -21,6 +21,7 @@ import torch
 from seqrec.config import Config, load_config, merge, set_dotted
 from seqrec.data.store import EvalSet, PreparedData, SequenceStore
 from seqrec.errors import ConfigError, SeqrecError
+from seqrec.evaluation.defaults import valid_subset
 from seqrec.rundir import RunDir
 
 
@@ -175,7 +176,11 @@ class SeqRec:
         prepared = self.data_ if data is None else self._load_data(data)
         if prepared.n_items != self.data_.n_items:
             raise SeqrecError(f"data has {prepared.n_items} items but the model was trained on {self.data_.n_items}")
-        return getattr(prepared, split)
+        if split == "test":
+            return prepared.test
+        # the users training validated on (all up to VALID_USERS_AUTO, a fixed sample above it), so
+        # the valid row of results.json is the metric early stopping saw
+        return valid_subset(prepared.valid, self.cfg_.train.valid_users, int(self.cfg_.train.seed))
 
     def evaluation_ranks(self, data: Any = None, split: str = "test", k: int | None = None) -> np.ndarray:
         """0-based rank of each evaluated user's target among the top ``k`` (default: the largest

@@ -90,13 +90,13 @@ def test_torch_accepts_tensors_and_small_blocks(data):
     np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [None, 3, 7])
+@pytest.mark.parametrize("chunk", [None, 3, 7, 32, 64])
 def test_ties_break_by_lower_id(chunk):
     # 4 distinct vectors, each repeated: many exact ties, across chunk boundaries (small integers,
     # so that every inner product is exact in float32 whatever the summation order)
     rng = np.random.default_rng(0)
     base = rng.integers(-3, 4, (4, 8)).astype(np.float32)
-    emb = base[np.arange(40) % 4]
+    emb = base[np.arange(400) % 4]  # 400: chunks of 32 / 64 take the block-maxima shortcut
     q = rng.integers(-3, 4, (5, 8)).astype(np.float32)
     s, ids = build_retriever("torch", chunk_size=chunk).build(emb).search(q, 13)
     _, ref = reference(emb, q, 13)
@@ -329,6 +329,26 @@ def test_search_in_blocks_of_rows_equals_one_block(backend, data, monkeypatch):
     for (s0, i0), (s1, i1) in zip(whole, blocks, strict=True):
         np.testing.assert_array_equal(i1, i0)
         np.testing.assert_array_equal(s1, s0)
+
+
+@pytest.mark.parametrize("most", [4, 0])  # 0: every chunk after the first falls back to its own top-k
+def test_block_maxima_shortcut_is_exact_under_filters(most, monkeypatch):
+    """Chunks after the first keep only the 32-score blocks whose maximum beats a row's k-th best so
+    far: with exclusions, deny-list and rows that run out of items, the result is brute force's."""
+    import seqrec.retrieval.exact as ex
+
+    monkeypatch.setattr(ex._above_kth, "__defaults__", (32, most))
+    rng = np.random.default_rng(5)
+    emb = rng.integers(-3, 4, (640, 6)).astype(np.float32)  # small integers: exact ties across blocks
+    q = rng.integers(-3, 4, (9, 6)).astype(np.float32)
+    _, top = reference(emb, q, 40)
+    sets = [list(top[r, : 3 * r]) + list(rng.integers(0, 640, 5)) for r in range(len(q))]
+    sets[8] = list(range(634))  # a row left with fewer than k items
+    deny = rng.integers(0, 640, 11)
+    s, ids = build_retriever("torch", chunk_size=64).build(emb).search(q, 10, exclude=csr(sets), deny=deny)
+    ref_s, ref_i = reference(emb, q, 10, banned=[set(x) | set(deny.tolist()) for x in sets])
+    np.testing.assert_array_equal(ids, ref_i)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("budget", [1 << 23, 7])

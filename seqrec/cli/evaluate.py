@@ -26,7 +26,8 @@ def load_for_eval(run_dir: str, retrieval: str | None, sets: tuple[str, ...]) ->
 
 @click.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--split", type=click.Choice(["valid", "test"]), default=None, help="One split (default: both).")
+@click.option("--split", type=click.Choice(["valid", "test"]), default=None,
+              help="One split (default: both); valid: the users training validated on (train.valid_users).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"valid": {...}, "test": {...}} as JSON.')
 @retrieval_option
 @set_option(EVAL_SET_HELP)
