@@ -16,7 +16,7 @@ from seqrec.retrieval import (
     load_retriever,
     recall_at_k,
 )
-from seqrec.retrieval.exact import TorchRetriever
+from seqrec.retrieval.exact import TorchRetriever, exact_topk
 
 try:
     import faiss  # noqa: F401
@@ -230,6 +230,41 @@ def test_save_load_round_trip(backend, data, tmp_path):
     after = back.search(q, K, deny=[0, 1])
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(before[0], after[0])
+
+
+def varied_norms(n: int, seed: int) -> np.ndarray:
+    """Clustered directions with log-normal lengths, as a trained item table's (popular items long)."""
+    rng = np.random.default_rng(seed)
+    cent = np.random.default_rng(99).standard_normal((50, 16)).astype(np.float32)
+    x = cent[rng.integers(0, 50, n)] + 0.7 * rng.standard_normal((n, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return (x * np.exp(0.5 * rng.standard_normal((n, 1)))).astype(np.float32)
+
+
+@needs_faiss
+def test_ivf_clusters_the_l2_reduction_of_inner_product(tmp_path):
+    """Cells over mips_to_l2 vectors: on items of varied length, nprobe 16 of 512 cells recalls 0.89 of
+    the top 10 where cells clustered by inner product (the earlier index) recall 0.76."""
+    from seqrec.retrieval.faiss_index import mips_to_l2
+
+    emb, q = varied_norms(20_000, 0), varied_norms(300, 1)
+    red = mips_to_l2(emb)
+    np.testing.assert_allclose(np.linalg.norm(red, axis=1), np.linalg.norm(emb, axis=1).max(), rtol=1e-5)
+    _, ref = exact_topk(torch.from_numpy(emb), torch.from_numpy(q), K)
+    r = build_retriever("faiss-ivf", nprobe=16, target_recall=None).build(emb)
+    assert r.params["nlist"] == 512 and r._index.d == 17
+    assert recall_at_k(r.search(q, K)[1], ref) >= 0.83
+    np.testing.assert_allclose(r.item_embeddings(), emb)
+    # an inner-product index saved by an earlier version still loads and searches as it is
+    path = r.save(tmp_path / "ivf")
+    old = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 512, faiss.METRIC_INNER_PRODUCT)
+    old.train(emb)
+    old.add(emb)
+    faiss.write_index(old, str(path / "index.faiss"))
+    back = load_retriever(path)
+    s, ids = back.search(q, K)
+    assert recall_at_k(ids, ref) >= 0.5
+    np.testing.assert_allclose(s, np.take_along_axis(q @ emb.T, ids, 1), rtol=1e-4, atol=1e-4)
 
 
 @needs_faiss

