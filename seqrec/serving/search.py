@@ -97,7 +97,9 @@ class ApproximateIndex:
             self.index = faiss.read_index(str(path))
         except RuntimeError as e:
             raise DataError(f"{path}: cannot read the faiss index ({shorten(e)})") from None
-        if self.index.ntotal != emb.shape[0] or self.index.d != emb.shape[1]:
+        # faiss-ivf indexes the L2 reduction of inner product: one more coordinate (0 for queries)
+        self.reduced = self.index.metric_type == faiss.METRIC_L2 and self.index.d == emb.shape[1] + 1
+        if self.index.ntotal != emb.shape[0] or self.index.d != emb.shape[1] + self.reduced:
             raise DataError(f"{path}: index holds {self.index.ntotal} x {self.index.d}, the item table "
                             f"{emb.shape[0]} x {emb.shape[1]}")
         self.faiss, self.backend, self.emb = faiss, backend, emb
@@ -114,7 +116,10 @@ class ApproximateIndex:
         if self.ef:
             sp = self.faiss.SearchParametersHNSW(efSearch=max(self.ef, fetch))
             return self.index.search(q, fetch, params=sp)
-        return self.index.search(q, fetch)
+        if not self.reduced:
+            return self.index.search(q, fetch)
+        _, i = self.index.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), fetch)
+        return np.einsum("md,mkd->mk", q, self.emb[np.maximum(i, 0)]), i  # distances -> inner products
 
     def search(self, q: np.ndarray, k: int, exclude: Exclude = None,
                eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
