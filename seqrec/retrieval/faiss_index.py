@@ -303,10 +303,31 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
     def _raw(self, q: np.ndarray, k_fetch: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._reduced():
             return super()._raw(q, k_fetch)
-        dist, ids = super()._raw(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k_fetch)
+        qa = np.hstack([q, np.zeros((len(q), 1), np.float32)])
+        if self._resolved.get("gpu"):
+            dist, ids = super()._raw(qa, k_fetch)
+        else:  # the cells from one torch GEMM: faiss's own quantizer search was ~40 % of a query
+            dist, ids = self._index.search_preassigned(qa, k_fetch, *self._cells(qa))
         # |q - x'|^2 = |q|^2 + M^2 - 2 q.x: back to inner products (float64: the terms are larger than q.x)
         q2 = np.einsum("md,md->m", q, q, dtype=np.float64)[:, None]
         return ((q2 + self._norm2_max - dist) / 2).astype(np.float32), ids
+
+    def _cells(self, qa: np.ndarray, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """The ``nprobe`` nearest cells of reduced queries qa [m, d + 1] -> (ids int64, squared
+        distances float32) [m, nprobe], as faiss's flat quantizer finds them, in blocks of ``rows``."""
+        index = self._index
+        if getattr(self, "_centroids", (None,))[0] is not index:  # cached per built / loaded index
+            c = torch.from_numpy(index.quantizer.reconstruct_n(0, index.nlist))
+            self._centroids = (index, c, (c * c).sum(1))
+        _, c, c2 = self._centroids
+        p = min(int(index.nprobe), index.nlist)
+        ids, dist = np.empty((len(qa), p), np.int64), np.empty((len(qa), p), np.float32)
+        for r0 in range(0, len(qa), rows):
+            x = torch.from_numpy(qa[r0:r0 + rows])
+            d2 = (x * x).sum(1, keepdim=True) + c2 - 2 * (x @ c.T)  # [rows, nlist]
+            v, i = d2.topk(p, dim=1, largest=False)
+            ids[r0:r0 + rows], dist[r0:r0 + rows] = i.numpy(), v.numpy()
+        return ids, dist
 
     def _load_files(self, directory: Path) -> None:
         super()._load_files(directory)
