@@ -38,7 +38,13 @@ def test_evaluate_json_matches_results(run, capsys):
     res = json.loads((run / "results.json").read_text())
     assert ev["test"]["ndcg@10"] == pytest.approx(res["test"]["ndcg@10"], abs=1e-9)
     assert main(["evaluate", str(run), "--split", "valid", "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"valid"}
+    valid = json.loads(capsys.readouterr().out)
+    assert set(valid) == {"valid"}
+    # results.json's valid row is the best epoch's validation, not scored again: the same numbers
+    info = json.loads((run / "train_info.json").read_text())
+    best = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][info["best_epoch"] - 1]
+    assert res["valid"] == {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_") and "@" in k}
+    assert valid["valid"]["ndcg@10"] == pytest.approx(res["valid"]["ndcg@10"], abs=1e-9)
 
 
 def test_recommend_all_users_and_file_formats(run, tmp_path):

@@ -4,7 +4,8 @@
   ``VALID_USERS_AUTO`` users and on a fixed seeded sample of that many above it, so one epoch's
   validation costs at most as much as that many users. The cap is above Beauty's 22,363 users, so
   every published result (ML-1M, Beauty) is computed on all users, exactly as before. The valid
-  split of ``evaluate`` (and so of ``results.json``) is the same users: the metric early stopping saw.
+  split of ``SeqRec.evaluate`` is the same users; ``seqrec fit`` writes the best epoch's validation
+  (exact scoring, as early stopping saw it) as the valid row of ``results.json``.
 - ``eval.retrieval: auto`` is the exact ``torch`` scorer below ``RETRIEVAL_AUTO_ITEMS`` catalog
   items and ``faiss-ivf`` from there on (its recall against exact search on ``eval.recall_sample``
   users is reported with the metrics, see ``seqrec.retrieval.approximation_report``). Exact scoring

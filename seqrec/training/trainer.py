@@ -280,7 +280,9 @@ class Trainer:
 
     def _summary(self, state: TrainState) -> dict[str, Any]:
         epochs = len(state.history)
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
         return {"best_epoch": state.best_epoch, "epochs": epochs, "best_valid_ndcg@10": state.best,
+                "best_valid": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
                 "epoch_s": float(np.mean([h["epoch_s"] for h in state.history])) if epochs else 0.0,
                 "wall_s": state.elapsed, "peak_rss_mb": peak_rss_mb(),
                 "stopped": state.stop.message if state.stop else "", "world_size": self.world,
