@@ -109,6 +109,18 @@ def test_cli_writes_error_rows_not_a_crash(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "peers", "--libraries", "lightfm", "--out", str(tmp_path / "o2")]) == 2
     assert "lightfm" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert main(["bench", "peers", "--dataset", " , ", "--out", str(tmp_path / "o3")]) == 2
+    assert "--dataset" in capsys.readouterr().err and not (tmp_path / "o3").exists()
+
+
+def test_time_to_quality_has_one_panel_per_dataset():
+    from seqrec.bench.peers.plot import time_to_quality
+
+    rec = {"library": "seqrec", "model": "sasrec", "loss": "ce", "ndcg@10": 0.1, "train_s": 300.0}
+    fig = time_to_quality([{**rec, "dataset": "ml-1m"}, {**rec, "dataset": "amazon-beauty"},
+                           {**rec, "dataset": "ml-1m", "train_s": 900.0, "ndcg@10": 0.2}])
+    assert [ax.get_title() for ax in fig.axes] == ["Time to quality: amazon-beauty", "Time to quality: ml-1m"]
+    assert [len(ax.lines[0].get_xdata()) for ax in fig.axes] == [1, 2]
 
 
 @pytest.mark.slow
@@ -152,10 +164,10 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     first = json.loads((tmp_path / "a" / "results.json").read_text())
     assert [r["loss"] for r in first] == ["ce", "sce", "gbce"] and all(r["error"] is None for r in first)
     assert all(r["jobs"] == 2 for r in first)
-    ce = tmp_path / "w" / "1s" / "seqrec-sasrec-ce" / "record.json"
+    ce = tmp_path / "w" / "synthetic" / "1s" / "seqrec-sasrec-ce" / "record.json"
     marked = {**json.loads(ce.read_text()), "ndcg@10": 0.123}  # a kept record is read, not re-run
     ce.write_text(json.dumps(marked))
-    gbce = tmp_path / "w" / "1s" / "seqrec-sasrec-gbce" / "record.json"
+    gbce = tmp_path / "w" / "synthetic" / "1s" / "seqrec-sasrec-gbce" / "record.json"
     gbce.write_text(json.dumps({**json.loads(gbce.read_text()), "error": "killed"}))  # a failed case runs again
     capsys.readouterr()
     assert main([*args, "--resume", "--out", str(tmp_path / "b")]) == 0
@@ -163,6 +175,8 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     again = json.loads((tmp_path / "b" / "results.json").read_text())
     assert again[0]["ndcg@10"] == 0.123 and again[1] == first[1]
     assert again[2]["error"] is None and "sasrec gbce: kept" not in err and "sasrec ce: kept" in err
+    command = (tmp_path / "b" / "table.md").read_text().split("`")[1]
+    assert " --resume " in command and "True" not in command  # a flag is shown as given
     assert main([*args, "--threads", "2", "--resume", "--out", str(tmp_path / "c")]) == 0  # other settings: re-run
     assert json.loads((tmp_path / "c" / "results.json").read_text())[0]["ndcg@10"] != 0.123
     assert main(["bench", "peers", "--resume", "--libraries", "seqrec", "--out", str(tmp_path / "d")]) == 2

@@ -36,7 +36,9 @@ def command_line() -> str:
     for p in ctx.command.params:
         value = ctx.params.get(p.name)
         for v in value if p.multiple else [value]:
-            if v is not None:
+            if getattr(p, "is_flag", False):
+                words += [p.opts[0]] if v else []  # a flag given shows as itself, not "--flag True"
+            elif v is not None:
                 words += [p.opts[0], str(v)]
     return shlex.join(words)
 

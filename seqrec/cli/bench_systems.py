@@ -73,7 +73,8 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
 
 @click.command("peers")
 @click.option("--dataset", default="ml-1m", show_default=True,
-              help="ml-1m, amazon-beauty, ml-100k, another dataset name, a file or a prepared dir (leave-one-out).")
+              help="ml-1m, amazon-beauty, ml-100k, another dataset name, a file or a prepared dir (leave-one-out); "
+                   "several, comma-separated, make one table.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where named datasets live.")
 @click.option("--budgets", default="300,900,2700", show_default=True, help="Training wall-time budgets (s).")
 @click.option("--libraries", default="seqrec,recbole,rectools,replay", show_default=True)
@@ -107,7 +108,10 @@ def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, mode
         return 0
     if out is None:
         raise ConfigError("--out is required (unless --setup)")
-    records = bench_peers.measure(dataset, data_dir, int_list(budgets, "--budgets"), libs,
+    names = [d.strip() for d in dataset.split(",") if d.strip()]
+    if not names:
+        raise ConfigError("--dataset: give at least one dataset")
+    records = bench_peers.measure(names, data_dir, int_list(budgets, "--budgets"), libs,
                                   bench_peers.check_names(models, bench_peers.MODELS, "--models"), threads,
                                   cache_dir, work_dir, not no_install, _log, jobs=jobs, resume=bool(resume))
     path = _finish(out, records, bench_peers.COLUMNS, "Side by side: seqrec, RecBole, RecTools, RePlay",

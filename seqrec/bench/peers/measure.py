@@ -104,48 +104,56 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
     return rec
 
 
-def measure(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
-            threads: int, cache_dir: str | None, work_dir: str | None, install: bool,
+def measure(datasets: list[str], data_dir: str | None, budgets: list[int], libraries: list[str],
+            models: list[str], threads: int, cache_dir: str | None, work_dir: str | None, install: bool,
             log: Callable[[str], None], jobs: int = 1, resume: bool = False) -> list[dict[str, Any]]:
-    """Export ``dataset``'s leave-one-out split once, run every case at every budget -> records.
+    """Export each dataset's leave-one-out split once, run every case at every budget -> records.
 
     ``jobs`` cases run at once (each with ``threads`` threads: give every case its own cores).
-    Each finished case leaves ``record.json`` in its ``work_dir`` folder; with ``resume`` a case whose
-    record is there (same settings, no error) is read back instead of run again, so a long comparison
-    continues where it stopped.
+    Each finished case leaves ``record.json`` in ``work_dir/<dataset>/<budget>s/<case>/``; with
+    ``resume`` a case whose record is there (same settings, no error) is read back instead of run
+    again, so a long comparison continues where it stopped.
     """
+    if resume and not work_dir:
+        raise ConfigError("--resume continues the cases kept in --work-dir: give the same --work-dir")
+    with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
+        work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
+        return [rec for name in datasets for rec in _measure_one(name, data_dir, budgets, libraries, models, threads,
+                                                                 cache_dir, work, install, log, jobs, resume)]
+
+
+def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
+                 threads: int, cache_dir: str | None, work_root: Path, install: bool, log: Callable[[str], None],
+                 jobs: int, resume: bool) -> list[dict[str, Any]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from seqrec.bench.peers.export import export
     from seqrec.data import load_dataset
 
-    if resume and not work_dir:
-        raise ConfigError("--resume continues the cases kept in --work-dir: give the same --work-dir")
     data = load_dataset(dataset, data_dir=data_dir)
-    with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
-        work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
-        export_dir = export(data, work / "export")
-        log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
-        todo = [(budget, case) for budget in budgets for case in cases(libraries, models)]
+    work = work_root / data.name
+    export_dir = export(data, work / "export")
+    log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
+    todo = [(budget, case) for budget in budgets for case in cases(libraries, models)]
 
-        def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:
-            budget, case = item
-            where = work / f"{budget}s" / "-".join(case)
-            done = _finished(where, case, budget, data.name, threads) if resume else None
-            if done is not None:
-                log(f"[{budget} s] {' '.join(case)}: kept from {where} (--resume)")
-                return done
-            log(f"[{budget} s] {' '.join(case)} ...")
-            rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log)
-            # how crowded the machine was: cases measured under different load are not comparable
-            rec.update(jobs=jobs, load_avg_5min=round(os.getloadavg()[1], 2))
-            write_json(where / "record.json", rec)
-            shown = f"NDCG@10 {rec['ndcg@10']:.4f}" if rec["ndcg@10"] is not None else f"error: {rec['error']}"
-            log(f"[{budget} s] {' '.join(case)}: {shown}")
-            return rec
+    def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:
+        budget, case = item
+        where = work / f"{budget}s" / "-".join(case)
+        done = _finished(where, case, budget, data.name, threads) if resume else None
+        if done is not None:
+            log(f"[{data.name} {budget} s] {' '.join(case)}: kept from {where} (--resume)")
+            return done
+        log(f"[{data.name} {budget} s] {' '.join(case)} ...")
+        rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log)
+        # how crowded the machine was: cases measured under different load are not comparable
+        rec.update(jobs=jobs, load_avg_5min=round(os.getloadavg()[1], 2))
+        write_json(where / "record.json", rec)
+        shown = f"NDCG@10 {rec['ndcg@10']:.4f}" if rec["ndcg@10"] is not None else f"error: {rec['error']}"
+        log(f"[{data.name} {budget} s] {' '.join(case)}: {shown}")
+        return rec
 
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each case is a subprocess: threads suffice
-            return list(pool.map(one, todo))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each case is a subprocess: threads suffice
+        return list(pool.map(one, todo))
 
 
 def _finished(where: Path, case: tuple[str, str, str], budget: int, dataset: str, threads: int) -> dict | None:

@@ -8,10 +8,17 @@ from matplotlib.figure import Figure
 
 
 def time_to_quality(records: list[dict[str, Any]]) -> Figure:
-    """One line per library / model / loss: the test NDCG@10 (seqrec's evaluator) reached at each
-    budget, against the training seconds actually used; failed cases are left out."""
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.subplots()
+    """One panel per dataset, one line per library / model / loss: the test NDCG@10 (seqrec's
+    evaluator) reached at each budget, against the training seconds actually used; failed cases
+    are left out."""
+    datasets = sorted({str(r.get("dataset")) for r in records}) or ["(none)"]
+    fig = Figure(figsize=(7.5 * len(datasets), 4.5))
+    for ax, name in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
+        _panel(ax, [r for r in records if str(r.get("dataset")) == name], name)
+    return fig
+
+
+def _panel(ax: Any, records: list[dict[str, Any]], dataset: str) -> None:
     lines: dict[str, list[tuple[float, float]]] = {}
     for r in records:
         if r.get("ndcg@10") is None or r.get("train_s") is None:
@@ -25,9 +32,7 @@ def time_to_quality(records: list[dict[str, Any]]) -> Figure:
         ax.text(0.5, 0.5, "no successful case", ha="center", va="center", transform=ax.transAxes)
     else:
         ax.legend(fontsize=8)
-    datasets = sorted({str(r.get("dataset")) for r in records})
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test NDCG@10 (seqrec's evaluator)")
-    ax.set_title(f"Time to quality: {', '.join(datasets)}")
+    ax.set_title(f"Time to quality: {dataset}")
     ax.grid(alpha=0.3)
-    return fig
