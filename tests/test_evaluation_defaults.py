@@ -67,6 +67,19 @@ def test_trainer_validates_on_the_auto_sample(tiny_overrides, monkeypatch):
     assert trainer._valid_subset() is data.valid
 
 
+def test_no_kept_heap_under_cpu_autocast(tiny_overrides):
+    """The kept heap (faster CPU steps) is never used with autocast on CPU: it fragmented to 16 GB."""
+    from seqrec.training.trainer import Trainer
+
+    rec = SeqRec(overrides=tiny_overrides)
+    data = rec._load_data(None)
+    trainer = Trainer(rec.cfg_, rec._build_model(data.n_items), None, data, log=lambda s: None)
+    trainer.batch_size = 8
+    assert trainer._keep_heap()  # the tiny step fits any machine
+    trainer.cfg.train.autocast = "bf16"
+    assert not trainer._keep_heap()
+
+
 def test_retrieval_auto_by_catalog_size(tiny_overrides, monkeypatch):
     assert defaults.retrieval_backend("auto", 199_999) == "torch"
     assert defaults.retrieval_backend("auto", 200_000) == "faiss-ivf"

@@ -255,6 +255,12 @@ def test_ivf_clusters_the_l2_reduction_of_inner_product(tmp_path):
     assert r.params["nlist"] == 512 and r._index.d == 17
     assert recall_at_k(r.search(q, K)[1], ref) >= 0.83
     np.testing.assert_allclose(r.item_embeddings(), emb)
+    # the cells found by one GEMM are faiss's own quantizer's (blocks of 7 rows: the loop's edges)
+    qa = np.hstack([q, np.zeros((len(q), 1), np.float32)])
+    ids, dist = r._cells(qa, rows=7)
+    want_d, want_i = r._index.quantizer.search(qa, 16)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-3)
+    assert (np.sort(ids, 1) == np.sort(want_i, 1)).mean() > 0.99  # near-ties may swap the last cell
     # an inner-product index saved by an earlier version still loads and searches as it is
     path = r.save(tmp_path / "ivf")
     old = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 512, faiss.METRIC_INNER_PRODUCT)

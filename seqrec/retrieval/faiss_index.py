@@ -294,6 +294,9 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
             self._faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", nprobe)
         else:
             self._index.nprobe = nprobe
+            # _raw calls search_preassigned, which runs on one thread in the default mode 0 (there
+            # faiss's own search() splits the queries over threads first); 3 splits them inside
+            self._index.parallel_mode = 3
 
     def _reduced(self) -> bool:
         """True for an index over ``mips_to_l2`` vectors (False: an inner-product index saved by an
@@ -324,9 +327,11 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         ids, dist = np.empty((len(qa), p), np.int64), np.empty((len(qa), p), np.float32)
         for r0 in range(0, len(qa), rows):
             x = torch.from_numpy(qa[r0:r0 + rows])
-            d2 = (x * x).sum(1, keepdim=True) + c2 - 2 * (x @ c.T)  # [rows, nlist]
-            v, i = d2.topk(p, dim=1, largest=False)
-            ids[r0:r0 + rows], dist[r0:r0 + rows] = i.numpy(), v.numpy()
+            # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2): rank by the bracket, one fused GEMM and no
+            # [rows, nlist] temporaries (the full expression took ~2x as long)
+            v, i = torch.addmm(c2, x, c.T, beta=-0.5).topk(p, dim=1)
+            ids[r0:r0 + rows] = i.numpy()
+            dist[r0:r0 + rows] = ((x * x).sum(1, keepdim=True) - 2 * v).numpy()
         return ids, dist
 
     def _load_files(self, directory: Path) -> None:

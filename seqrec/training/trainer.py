@@ -249,7 +249,11 @@ class Trainer:
         """Whether to ``tune_allocator`` around the steps (no per-step mmap/munmap of large buffers:
         1.5x faster ML-1M CE epochs): not when memory is tight, since the kept heap fragments and the
         peak RSS can reach ~1.5x the step's (ML-1M CE: 2.9 vs 2.0 GB); only when twice the
-        predicted step fits the free RAM."""
+        predicted step fits the free RAM. Never with autocast on CPU: its bf16 / float32 buffers of
+        every batch's size fragment the kept heap without bound (ML-1M CE, bf16: 5.2 GB after one
+        epoch, 15.9 GB after ten, against 2.3 GB with glibc's default; docs/benchmarks.md, session 13)."""
+        if self.cfg.train.autocast and self.device.type == "cpu":
+            return False
         need = predicted_step(self.cfg, self.model, self.batch_size, self.data.n_items)
         have = available_bytes(torch.device("cpu")) if self.device.type == "cpu" and need is not None else None
         return have is None or 2 * need <= have[0]
