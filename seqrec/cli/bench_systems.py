@@ -108,7 +108,7 @@ def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, mode
         return 0
     if out is None:
         raise ConfigError("--out is required (unless --setup)")
-    names = [d.strip() for d in dataset.split(",") if d.strip()]
+    names = list(dict.fromkeys(d.strip() for d in dataset.split(",") if d.strip()))  # each once
     if not names:
         raise ConfigError("--dataset: give at least one dataset")
     records = bench_peers.measure(names, data_dir, int_list(budgets, "--budgets"), libs,
