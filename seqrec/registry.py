@@ -214,7 +214,7 @@ MODELS = Registry("model", "seqrec.models", skip=("n_items",), builtins={
 RETRIEVERS = Registry("retrieval backend", "seqrec.retrievers", builtins={
     "torch": "seqrec.retrieval.exact:TorchRetriever",
     "faiss-flat": "seqrec.retrieval.faiss_index:FaissFlatRetriever",
-    "faiss-ivf": "seqrec.retrieval.faiss_index:FaissIVFRetriever",
+    "faiss-ivf": "seqrec.retrieval.faiss_ivf:FaissIVFRetriever",
     "faiss-hnsw": "seqrec.retrieval.faiss_index:FaissHNSWRetriever",
 })
 

@@ -21,3 +21,12 @@ def test_topk_rows_chunked_is_exact_with_ties_by_lower_index(m, n_keys, k, chunk
     if order != "random":  # every chunk beats the running thresholds (rising), or none does (falling)
         keys = keys[(q[0] @ keys.T).argsort(descending=order == "falling", stable=True)]
     assert torch.equal(topk_rows_chunked(q, keys, k, chunk=chunk), _reference(q, keys, k))
+
+
+@pytest.mark.parametrize("m, n, k", [(5, 1003, 40), (9, 4096, 256), (3, 100, 90), (4, 77, 1)])
+def test_kth_largest_equals_topk_with_ties_and_a_narrow_last_block(m, n, k):
+    from seqrec.losses.kernels import kth_largest
+
+    s = torch.randint(-20, 21, (m, n), generator=torch.Generator().manual_seed(1)).float()  # many ties
+    assert torch.equal(kth_largest(s, k), s.topk(k, dim=1).values[:, -1:])
+    assert torch.equal(kth_largest(s, k, width=3), s.topk(k, dim=1).values[:, -1:])

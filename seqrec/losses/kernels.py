@@ -81,14 +81,20 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
     fill = torch.zeros(m, dtype=torch.long, device=q.device)
     thr = torch.full((m,), float("-inf"), device=q.device)
     best_max = q.new_empty(m, 0)  # the k best block maxima so far, descending
+    # a few chunks (SCE on catalogs of thousands, and its position selection): each chunk's own
+    # top-k is cheaper than thresholds, which need k blocks before they prune anything (ML-1M:
+    # 470 -> ~150 ms a step's selection, one thread; docs/benchmarks.md)
+    few = K <= chunk * merge_every
     for c0 in range(0, K, chunk):
         s = q @ keys[c0:c0 + chunk].float().T  # [m, c]
-        bmax = block_max(s, width)
-        best_max = torch.cat([best_max, bmax], 1)
-        if best_max.shape[1] >= k:
-            best_max = best_max.topk(k, dim=1).values
-            thr = torch.maximum(thr, best_max[:, -1])
-        survivors = _gather(s, thr, bmax, width, buf_v, buf_i, fill, k, cap)
+        survivors = None
+        if not few:
+            bmax = block_max(s, width)
+            best_max = torch.cat([best_max, bmax], 1)
+            if best_max.shape[1] >= k:
+                best_max = best_max.topk(k, dim=1).values
+                thr = torch.maximum(thr, best_max[:, -1])
+            survivors = _gather(s, thr, bmax, width, buf_v, buf_i, fill, k, cap)
         if survivors is None:  # too many at or above the thresholds: the chunk's own top-k
             if int(fill.max()) + k > cap:
                 thr = torch.maximum(thr, _reduce(buf_v, buf_i, fill, k))
@@ -100,7 +106,8 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
         buf_i[r, pos] = c + c0
         fill += cnt
         del s
-    return _best_first(buf_v, buf_i, k)[1]
+    w = max(int(fill.max()), k)  # slots past every row's fill are -inf: leave them out of the sort
+    return _best_first(buf_v[:, :w], buf_i[:, :w], k)[1]
 
 
 def block_max(s: torch.Tensor, width: int) -> torch.Tensor:
@@ -131,12 +138,31 @@ def above(s: torch.Tensor, thr: torch.Tensor, bmax: torch.Tensor, width: int) ->
 def _chunk_topk(s: torch.Tensor, k: int, room: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, columns) of each row's k best scores of ``s`` [m, c] and any equal to its k-th (a tie at
     the boundary is settled later by the lower index); a full stable sort only if ties overflow ``room``."""
-    kth = s.topk(min(k, s.shape[1]), dim=1).values[:, -1:]
+    kth = kth_largest(s, min(k, s.shape[1]))
     r, c = (s >= kth).nonzero(as_tuple=True)
     if int(torch.bincount(r, minlength=s.shape[0]).max()) <= room:
         return r, c
     j = s.argsort(dim=1, descending=True, stable=True)[:, :k]
     return torch.arange(s.shape[0], device=s.device).repeat_interleave(j.shape[1]), j.reshape(-1)
+
+
+def kth_largest(s: torch.Tensor, k: int, width: int = 8) -> torch.Tensor:
+    """The k-th largest value of each row of ``s`` [m, n] -> [m, 1], as ``s.topk(k).values[:, -1:]``.
+
+    The k largest entries lie in the k blocks of ``width`` columns with the largest maxima (a block
+    left out has k blocks at least as high above it), so a top-k of the block maxima and one over
+    those k blocks replace a top-k over all n columns (torch's top-k costs ~13 ns an entry at
+    k = 320: about 3x less work at n = 13k)."""
+    m, n = s.shape
+    if n // width < 2 * k:
+        return s.topk(k, dim=1).values[:, -1:]
+    full = n // width * width
+    blocks = s[:, :full].view(m, -1, width)
+    top = blocks.amax(2).topk(k, dim=1).indices  # [m, k]
+    cand = blocks.gather(1, top.unsqueeze(2).expand(-1, -1, width)).view(m, -1)
+    if full < n:  # the narrower last block: all of it
+        cand = torch.cat([cand, s[:, full:]], 1)
+    return cand.topk(k, dim=1).values[:, -1:]
 
 
 def _gather(s: torch.Tensor, thr: torch.Tensor, bmax: torch.Tensor, width: int, buf_v: torch.Tensor,

@@ -16,7 +16,6 @@ A small allow-list (<= C / 16 items) is searched exactly over the allowed items 
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -231,121 +230,6 @@ class FaissFlatRetriever(FaissRetriever):
         index.add(emb)
         return index
 
-
-class FaissIVFRetriever(Tunable, FaissRetriever):
-    """Inverted file over k-means cells (``IndexIVFFlat``, L2 over ``mips_to_l2`` vectors: inner product).
-
-    ``nlist`` cells (default 4 sqrt(C), at most C / 39 so that k-means has enough points per cell);
-    ``nprobe`` cells scanned per query (default max(10, nlist / 400): at 1M clustered items nlist=4000,
-    nprobe=8 measured recall@10 0.984-0.988 and nprobe=16 0.994 -- see docs/retrieval.md); k-means is
-    trained on ``train_size`` sampled items (default 64 per cell) for ``niter`` iterations, sampled
-    with ``seed``. ``nprobe`` is tuned at build time to ``target_recall`` (``seqrec.retrieval.tune``)
-    unless given or ``target_recall`` is None.
-    """
-
-    name = "faiss-ivf"
-    extra_dims = 1
-    search_time = (*FaissRetriever.search_time, "nprobe")
-    tune_param = "nprobe"
-    defaults: dict[str, Any] = {**FaissRetriever.common, "nlist": None, "nprobe": None, "train_size": None,
-                                "niter": 10, "seed": 0, **TUNING}
-
-    def tune_range(self, k: int) -> tuple[int, int]:
-        return 1, int(self.params["nlist"])
-
-    @staticmethod
-    def default_nlist(n_items: int) -> int:
-        return max(1, min(round(4 * math.sqrt(n_items)), n_items // 39))
-
-    @staticmethod
-    def default_nprobe(nlist: int) -> int:
-        return max(1, min(nlist, max(10, math.ceil(nlist / 400))))
-
-    def _make_index(self, emb: np.ndarray) -> Any:
-        p = self.params
-        n = emb.shape[0]
-        nlist = _check_int("nlist", p["nlist"]) if p["nlist"] is not None else self.default_nlist(n)
-        if nlist > n:
-            raise ConfigError(f"retrieval parameter nlist={nlist} exceeds the catalog size {n}")
-        nprobe = _check_int("nprobe", p["nprobe"]) if p["nprobe"] is not None else self.default_nprobe(nlist)
-        train = _check_int("train_size", p["train_size"]) if p["train_size"] is not None else 64 * nlist
-        train = min(max(train, nlist), n)
-        self._resolved.update(nlist=nlist, nprobe=min(nprobe, nlist), train_size=train)
-        faiss = self._faiss
-        emb = mips_to_l2(emb)
-        self._norm2_max = _norm2(emb[0])  # as _load_files reads it back: saved indexes search the same
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(emb.shape[1]), emb.shape[1], nlist, faiss.METRIC_L2)
-        index.cp.niter = _check_int("niter", p["niter"])
-        index.cp.seed = int(p["seed"])
-        rng = np.random.default_rng(int(p["seed"]))
-        sample = emb if train >= n else emb[np.sort(rng.choice(n, train, replace=False))]
-        with stages(f"building faiss-ivf index ({n:,} items)", 2) as stage:
-            stage("training the coarse quantizer")
-            index.train(sample)
-            stage("adding the items")
-            index.add(emb)
-        index.make_direct_map()  # reconstruct() for exact ground truth and refill fallback
-        return index
-
-    def _configure(self) -> None:
-        super()._configure()
-        nprobe = _check_int("nprobe", self.params["nprobe"])
-        if self._resolved.get("gpu"):
-            self._faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", nprobe)
-        else:
-            self._index.nprobe = nprobe
-            # _raw calls search_preassigned, which runs on one thread in the default mode 0 (there
-            # faiss's own search() splits the queries over threads first); 3 splits them inside
-            self._index.parallel_mode = 3
-
-    def _reduced(self) -> bool:
-        """True for an index over ``mips_to_l2`` vectors (False: an inner-product index saved by an
-        earlier version, searched as it is)."""
-        return self._index.metric_type == self._faiss.METRIC_L2
-
-    def _raw(self, q: np.ndarray, k_fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        if not self._reduced():
-            return super()._raw(q, k_fetch)
-        qa = np.hstack([q, np.zeros((len(q), 1), np.float32)])
-        if self._resolved.get("gpu"):
-            dist, ids = super()._raw(qa, k_fetch)
-        else:  # the cells from one torch GEMM: faiss's own quantizer search was ~40 % of a query
-            dist, ids = self._index.search_preassigned(qa, k_fetch, *self._cells(qa))
-        # |q - x'|^2 = |q|^2 + M^2 - 2 q.x: back to inner products (float64: the terms are larger than q.x)
-        q2 = np.einsum("md,md->m", q, q, dtype=np.float64)[:, None]
-        return ((q2 + self._norm2_max - dist) / 2).astype(np.float32), ids
-
-    def _cells(self, qa: np.ndarray, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """The ``nprobe`` nearest cells of reduced queries qa [m, d + 1] -> (ids int64, squared
-        distances float32) [m, nprobe], as faiss's flat quantizer finds them, in blocks of ``rows``."""
-        index = self._index
-        if getattr(self, "_centroids", (None,))[0] is not index:  # cached per built / loaded index
-            c = torch.from_numpy(index.quantizer.reconstruct_n(0, index.nlist))
-            self._centroids = (index, c, (c * c).sum(1))
-        _, c, c2 = self._centroids
-        p = min(int(index.nprobe), index.nlist)
-        ids, dist = np.empty((len(qa), p), np.int64), np.empty((len(qa), p), np.float32)
-        for r0 in range(0, len(qa), rows):
-            x = torch.from_numpy(qa[r0:r0 + rows])
-            # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2): rank by the bracket, one fused GEMM and no
-            # [rows, nlist] temporaries (the full expression took ~2x as long)
-            v, i = torch.addmm(c2, x, c.T, beta=-0.5).topk(p, dim=1)
-            ids[r0:r0 + rows] = i.numpy()
-            dist[r0:r0 + rows] = ((x * x).sum(1, keepdim=True) - 2 * v).numpy()
-        return ids, dist
-
-    def _load_files(self, directory: Path) -> None:
-        super()._load_files(directory)
-        if self._reduced():  # every reduced vector has norm M
-            self._norm2_max = _norm2(self._cpu_index().reconstruct(0))
-
-    def _reconstruct(self) -> np.ndarray:
-        index = self._cpu_index()
-        if index.direct_map.type == 0:
-            index.make_direct_map()
-        return index.reconstruct_n(0, self.n_items)[:, : self.dim]
-
-
 class FaissHNSWRetriever(Tunable, FaissRetriever):
     """Graph index ``IndexHNSWFlat`` with inner product (CPU only).
 
@@ -383,25 +267,6 @@ class FaissHNSWRetriever(Tunable, FaissRetriever):
 
     def _search_params(self, k_fetch: int) -> Any:
         return self._faiss.SearchParametersHNSW(efSearch=max(int(self.params["ef_search"]), k_fetch))
-
-
-def _norm2(v: np.ndarray) -> float:
-    return float(np.square(v.astype(np.float64)).sum())
-
-
-def mips_to_l2(emb: np.ndarray) -> np.ndarray:
-    """Items [C, d] -> [C, d + 1], the last coordinate sqrt(M^2 - |x|^2), M^2 the largest |x|^2.
-
-    Every reduced item has norm M and a query [q, 0] is at squared distance |q|^2 + M^2 - 2 q.x, so
-    nearest in L2 is largest inner product (Bachrach et al., RecSys 2014). Clustering by inner
-    product instead lets the long item vectors (the popular items of a trained model) pull the
-    cells: on 100k items of varied norms the reduction raised recall@10 at nprobe 16 of 1,264 from
-    0.81 to 0.93 (not enough on every table: docs/retrieval.md)."""
-    n2 = np.einsum("cd,cd->c", emb, emb, dtype=np.float64)
-    m2 = float(n2.max()) if len(n2) else 0.0
-    extra = np.sqrt(np.maximum(m2 - n2, 0.0)).astype(np.float32)
-    return np.hstack([emb, extra[:, None]])
-
 
 def faiss_fallback_warning(backend: str) -> None:
     warnings.warn(f"faiss is not importable: retrieval backend '{backend}' falls back to exact 'torch' "
