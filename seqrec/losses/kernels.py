@@ -83,7 +83,7 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
     best_max = q.new_empty(m, 0)  # the k best block maxima so far, descending
     # a few chunks (SCE on catalogs of thousands, and its position selection): each chunk's own
     # top-k is cheaper than thresholds, which need k blocks before they prune anything (ML-1M:
-    # 470 -> ~150 ms a step's selection, one thread; docs/benchmarks.md)
+    # 470 -> ~235 ms a step's selection, one thread; docs/benchmarks.md)
     few = K <= chunk * merge_every
     for c0 in range(0, K, chunk):
         s = q @ keys[c0:c0 + chunk].float().T  # [m, c]

@@ -185,7 +185,7 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
 
 
 class _Layout:
-    """A CPU ``IndexIVFFlat``'s centroids ``c`` [nlist, d'] with half their squared norms ``c2``, and
+    """A CPU ``IndexIVFFlat``'s centroids ``c`` [nlist, d'] with their squared norms ``c2``, and
     per cell its ``ids`` int64 [n] and ``vectors`` float32 [n, d'], torch views of the index's own
     inverted lists (no copy; ``scannable`` False when they are not in memory, e.g. on-disk lists)."""
 
