@@ -88,9 +88,6 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
             self._faiss.GpuParameterSpace().set_index_parameter(self._index, "nprobe", nprobe)
         else:
             self._index.nprobe = nprobe
-            # _raw calls search_preassigned, which runs on one thread in the default mode 0 (there
-            # faiss's own search() splits the queries over threads first); 3 splits them inside
-            self._index.parallel_mode = 3
 
     def _reduced(self) -> bool:
         """True for an index over ``mips_to_l2`` vectors (False: an inner-product index saved by an
