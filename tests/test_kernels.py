@@ -30,3 +30,22 @@ def test_kth_largest_equals_topk_with_ties_and_a_narrow_last_block(m, n, k):
     s = torch.randint(-20, 21, (m, n), generator=torch.Generator().manual_seed(1)).float()  # many ties
     assert torch.equal(kth_largest(s, k), s.topk(k, dim=1).values[:, -1:])
     assert torch.equal(kth_largest(s, k, width=3), s.topk(k, dim=1).values[:, -1:])
+
+
+@pytest.mark.parametrize("order", ["random", "rising", "falling"])
+@pytest.mark.parametrize("m, n_keys, k, width", [(7, 5000, 20, 32), (3, 1001, 5, 8), (160, 4100, 40, 16)])
+def test_topk_two_pass_is_exact_with_ties_and_ragged_blocks(monkeypatch, order, m, n_keys, k, width):
+    """The two-pass top-k (block maxima, then the blocks that reach the k-th) over score blocks of a
+    few dozen keys (L2_ELEMS shrunk), a narrow last block and score block, many equal scores."""
+    from seqrec.losses import kernels
+
+    monkeypatch.setattr(kernels, "L2_ELEMS", m * 3 * width)  # 3 blocks of keys per score block
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-3, 4, (m, 8), generator=g).float()
+    keys = torch.randint(-3, 4, (n_keys, 8), generator=g).float()
+    if order != "random":
+        keys = keys[(q[0] @ keys.T).argsort(descending=order == "falling", stable=True)]
+    assert torch.equal(kernels.topk_two_pass(q, keys, k, width), _reference(q, keys, k))
+    # and topk_rows_chunked takes it by itself for many keys
+    assert torch.equal(kernels.topk_rows_chunked(q, keys, k, width=width), _reference(q, keys, k))
+    assert torch.equal(kernels.topk_rows_chunked(q, keys, k, chunk=999), _reference(q, keys, k))

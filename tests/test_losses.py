@@ -242,17 +242,3 @@ def test_per_position_chunking_does_not_change_result():
 
     for a, b in zip(run(1e-3), run(64), strict=True):  # 1 KB -> one position per chunk
         torch.testing.assert_close(a, b)
-
-
-def test_blocked_threshold_scan_equals_nonzero():
-    """``kernels.above`` (block maxima first) returns exactly ``(s >= thr).nonzero()``, in row-major order,
-    for widths that do and do not divide the row, ties at the threshold included."""
-    from seqrec.losses.kernels import above, block_max
-
-    g = torch.Generator().manual_seed(0)
-    for n, width in [(1000, 64), (1001, 64), (37, 64), (130, 7)]:
-        s = torch.randn(9, n, generator=g).round(decimals=1)  # many equal values
-        thr = torch.tensor([float("-inf"), 0.0, 1.5, 2.0, 9.0, -1.0, 0.1, 0.3, 2.5])
-        r, c = above(s, thr, block_max(s, width), width)
-        er, ec = (s >= thr[:, None]).nonzero(as_tuple=True)
-        assert torch.equal(r, er) and torch.equal(c, ec)

@@ -1,8 +1,9 @@
 """Kernels shared by SCE (``sce.py``, ``sce_variants.py``) and RECE (``rece.py``).
 
-Block sizing, autocast replay for recomputation in backward, row gathers, the chunked top-k that
-SCE's bucket selection runs on, and the scoring of a group of SCE buckets ([g, k_x, k_y] logits
-with each position's own target masked).
+Block sizing, autocast replay for recomputation in backward, row gathers, the exact row-wise top-k
+of a product that SCE's bucket selection runs on (chunked, or in two passes over cache-sized
+blocks), and the scoring of a group of SCE buckets ([g, k_x, k_y] logits with each position's own
+target masked).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 BLOCK_ELEMS = 1 << 22
 # on CUDA a block's cost is its kernel launches, not cache misses: 8x larger blocks there
 CUDA_BLOCK_FACTOR = 8
+# float32 elements of a score block that stays in a core's L2 cache (1 MiB): topk_two_pass
+L2_ELEMS = 1 << 18
 
 AutocastState = tuple[bool, torch.dtype | None]
 
@@ -57,49 +60,33 @@ def positive_logits(hidden: torch.Tensor, item_emb: torch.Tensor, targets: torch
 @torch.no_grad()
 def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int | None = None,
                       merge_every: int = 8, width: int = 32) -> torch.Tensor:
-    """Indices [m, k] of the k largest ``queries @ keys^T`` per row, keys scanned in chunks.
+    """Indices [m, k] of the k largest ``queries @ keys^T`` per row: the exact top-k ordered by score
+    (descending), equal scores by the lower key index. queries [m, d], keys [K, d]; never an [m, K]
+    buffer.
 
-    queries [m, d], keys [K, d]. Memory is O(m * (chunk + merge_every * k)), never O(m * K). Each
-    row keeps a threshold, a lower bound of its k-th best score: the k-th best of the maxima of the
-    blocks of ``width`` keys seen so far (k blocks reach it, so k keys do), or the k-th best
-    candidate kept. A chunk hands over only the scores at or above it, found through the block
-    maxima (``above``): no top-k or full ``nonzero`` per chunk, which at a million keys were most of
-    an SCE step. The bound tightens with every chunk, so the candidates stay near k (1 + ln chunks).
-    A row whose candidates would overflow the buffer falls back to that chunk's own top-k. The
-    result is the exact top-k ordered by score (descending), equal scores by the lower key index.
+    Many keys on CPU (K >= 2 k ``width``, ``chunk`` not given): ``topk_two_pass``. Otherwise the
+    keys are scanned in chunks of ``chunk``; each chunk's own top-k joins a candidate buffer of
+    (merge_every + 1) k per row, cut back to each row's best k when full: O(m (chunk + merge_every
+    k)) memory.
     """
     m, K = queries.shape[0], keys.shape[0]
     k = min(k, K)
+    q = queries.float()
+    if chunk is None and q.device.type == "cpu" and K >= 2 * k * width:
+        return topk_two_pass(q, keys, k, width)
     if chunk is None:
         chunk = max(k, width, block_elems() // max(m, 1))
-    q = queries.float()
     cap = (merge_every + 1) * k
     # preallocated: small per-chunk results kept alive between the large score buffers would
     # fragment the heap
     buf_v = torch.full((m, cap), float("-inf"), device=q.device)
     buf_i = torch.zeros(m, cap, dtype=torch.long, device=q.device)
     fill = torch.zeros(m, dtype=torch.long, device=q.device)
-    thr = torch.full((m,), float("-inf"), device=q.device)
-    best_max = q.new_empty(m, 0)  # the k best block maxima so far, descending
-    # a few chunks (SCE on catalogs of thousands, and its position selection): each chunk's own
-    # top-k is cheaper than thresholds, which need k blocks before they prune anything (ML-1M:
-    # 470 -> ~235 ms a step's selection, one thread; docs/benchmarks.md)
-    few = K <= chunk * merge_every
     for c0 in range(0, K, chunk):
         s = q @ keys[c0:c0 + chunk].float().T  # [m, c]
-        survivors = None
-        if not few:
-            bmax = block_max(s, width)
-            best_max = torch.cat([best_max, bmax], 1)
-            if best_max.shape[1] >= k:
-                best_max = best_max.topk(k, dim=1).values
-                thr = torch.maximum(thr, best_max[:, -1])
-            survivors = _gather(s, thr, bmax, width, buf_v, buf_i, fill, k, cap)
-        if survivors is None:  # too many at or above the thresholds: the chunk's own top-k
-            if int(fill.max()) + k > cap:
-                thr = torch.maximum(thr, _reduce(buf_v, buf_i, fill, k))
-            survivors = _chunk_topk(s, k, cap - int(fill.max()))
-        r, c = survivors
+        if int(fill.max()) + k > cap:
+            _reduce(buf_v, buf_i, fill, k)
+        r, c = _chunk_topk(s, k, cap - int(fill.max()))
         cnt = torch.bincount(r, minlength=m)
         pos = fill[r] + torch.arange(len(r), device=q.device) - (torch.cumsum(cnt, 0) - cnt)[r]
         buf_v[r, pos] = s[r, c]
@@ -110,29 +97,61 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
     return _best_first(buf_v[:, :w], buf_i[:, :w], k)[1]
 
 
-def block_max(s: torch.Tensor, width: int) -> torch.Tensor:
-    """Maxima of the blocks of ``width`` columns of ``s`` [m, n] -> [m, ceil(n / width)] (the last
-    block narrower when width does not divide n)."""
-    m, n = s.shape
-    full = n // width * width
-    bmax = s[:, :full].view(m, -1, width).amax(2)
-    if full < n:
-        bmax = torch.cat([bmax, s[:, full:].amax(1, keepdim=True)], 1)
-    return bmax
+@torch.no_grad()
+def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int = 32) -> torch.Tensor:
+    """``topk_rows_chunked`` for many keys (K >= k ``width``), in two passes over [sub, m] score
+    blocks small enough to stay in a core's L2 cache.
 
+    Pass 1 keeps only the maxima of the blocks of ``width`` consecutive keys, [K / width, m], and
+    each row's threshold, the k-th largest block maximum (k blocks reach it, so k keys do, and a
+    key above it lies in a block that reaches it). Pass 2 recomputes the score blocks that hold
+    such a block (the same GEMM on the same buffer: the same values) and keeps the scores at or
+    above the threshold: ~k per row. Writing all [K, m] scores to memory and reading them back
+    was most of the cost at a million keys (one thread: 1.2 s -> see docs/benchmarks.md); this
+    way a score is written only to the cache. Memory O(m K / width).
+    """
+    m, K = queries.shape[0], keys.shape[0]
+    q = queries.float()
+    sub = max(width, L2_ELEMS // max(m, 1) // width * width)  # keys per score block
+    s = q.new_empty(sub, m)
+    bmax = q.new_empty(-(-K // width), m)  # [blocks, m]
 
-def above(s: torch.Tensor, thr: torch.Tensor, bmax: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, columns) of the entries of ``s`` [m, n] at or above their row's ``thr`` [m], row-major,
-    as ``(s >= thr[:, None]).nonzero()`` but reading only the blocks of ``width`` columns whose
-    maximum (``bmax`` = ``block_max(s, width)``) reaches the threshold: with tight thresholds a few
-    blocks, where the full comparison and ``nonzero`` cost ~4 ns an entry on CPU."""
-    n = s.shape[1]
-    rb, cb = (bmax >= thr[:, None]).nonzero(as_tuple=True)
-    cols = cb[:, None] * width + torch.arange(width, device=s.device)  # [blocks, width], ascending
-    inside = cols < n
-    cols = cols.clamp_(max=n - 1)
-    keep = (s[rb[:, None], cols] >= thr[rb, None]) & inside
-    return rb[:, None].expand_as(cols)[keep], cols[keep]
+    def scores(j0: int) -> torch.Tensor:
+        n = min(sub, K - j0)
+        return torch.mm(keys[j0:j0 + n].float(), q.T, out=s[:n])  # [n, m]
+
+    for j0 in range(0, K, sub):
+        sc = scores(j0)
+        full, b0 = len(sc) // width * width, j0 // width
+        # maxima over a middle dimension: m-wide vector maxima, ~3x faster than over the last
+        torch.amax(sc[:full].view(-1, width, m), 1, out=bmax[b0:b0 + full // width])
+        if full < len(sc):
+            bmax[b0 + full // width] = sc[full:].amax(0)
+    thr = kth_largest(bmax.T.contiguous(), k).view(1, m)
+    hit = bmax >= thr  # [blocks, m]
+    lane = torch.arange(width, device=q.device)
+    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for j0 in range(0, K, sub):
+        b0 = j0 // width
+        blk, row = hit[b0:b0 + sub // width].nonzero(as_tuple=True)
+        if len(blk) == 0:
+            continue
+        sc = scores(j0)
+        cols = blk[:, None] * width + lane  # [hits, width], ascending
+        inside = cols < len(sc)
+        flat = cols.clamp_(max=len(sc) - 1) * m + row[:, None]
+        vals = sc.view(-1)[flat]
+        keep = (vals >= thr[0, row, None]) & inside
+        found.append((row[:, None].expand_as(cols)[keep], cols[keep] + j0, vals[keep]))
+    r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
+    cnt = torch.bincount(r, minlength=m)
+    order = torch.argsort(r, stable=True)
+    r, c, v = r[order], c[order], v[order]
+    pos = torch.arange(len(r), device=q.device) - (torch.cumsum(cnt, 0) - cnt)[r]
+    buf_v = torch.full((m, int(cnt.max())), float("-inf"), device=q.device)
+    buf_i = torch.zeros(buf_v.shape, dtype=torch.long, device=q.device)
+    buf_v[r, pos], buf_i[r, pos] = v, c
+    return _best_first(buf_v, buf_i, k)[1]
 
 
 def _chunk_topk(s: torch.Tensor, k: int, room: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,20 +182,6 @@ def kth_largest(s: torch.Tensor, k: int, width: int = 8) -> torch.Tensor:
     if full < n:  # the narrower last block: all of it
         cand = torch.cat([cand, s[:, full:]], 1)
     return cand.topk(k, dim=1).values[:, -1:]
-
-
-def _gather(s: torch.Tensor, thr: torch.Tensor, bmax: torch.Tensor, width: int, buf_v: torch.Tensor,
-            buf_i: torch.Tensor, fill: torch.Tensor, k: int, cap: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(rows, columns) of the scores ``s`` [m, c] at or above each row's threshold (row-major), after
-    making room in the candidate buffer if needed (which raises ``thr`` in place); None if they
-    still do not fit."""
-    r, c = above(s, thr, bmax, width)
-    if int((fill + torch.bincount(r, minlength=len(fill))).max()) <= cap:
-        return r, c
-    thr.copy_(torch.maximum(thr, _reduce(buf_v, buf_i, fill, k)))
-    keep = s[r, c] >= thr[r]
-    r, c = r[keep], c[keep]
-    return (r, c) if int((fill + torch.bincount(r, minlength=len(fill))).max()) <= cap else None
 
 
 def _reduce(buf_v: torch.Tensor, buf_i: torch.Tensor, fill: torch.Tensor, k: int) -> torch.Tensor:

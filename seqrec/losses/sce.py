@@ -26,6 +26,7 @@ import torch
 from seqrec.losses import sce_variants
 from seqrec.losses.base import Loss, LossContext, check_bool, check_size
 from seqrec.losses.kernels import (
+    L2_ELEMS,
     add_positive_grad,
     autocast_state,
     block_elems,
@@ -189,9 +190,11 @@ class SCE(Loss):
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         n_b, k_x, k_y = self.resolve(n, c, capacity)
         grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)
-        # selection: one chunk of scores, its top-k, the candidate buffer (9 k) and a merge
+        # selection: one chunk of scores, its top-k, the candidate buffer (9 k) and a merge; or on
+        # many items (topk_two_pass) the block maxima and their mask [C / 32, n_b], and candidates
         chunk = max(k_y, block_elems() // n_b)
-        select = n_b * chunk * 4 + n_b * k_y * 12 * (1 + 9 + 2) + n_b * d * 4 + n * n_b * 4
+        select = max(n_b * chunk * 4 + n_b * k_y * 12 * (1 + 9 + 2),
+                     n_b * -(-c // 32) * 5 + L2_ELEMS * 4 + n_b * k_y * 12 * 4) + n_b * d * 4 + n * n_b * 4
         saved = n_b * k_x * (4 + 4 + 4 + 8) + n_b * k_y * 8 + n * 16
         g = group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
