@@ -33,10 +33,11 @@ def test_kth_largest_equals_topk_with_ties_and_a_narrow_last_block(m, n, k):
 
 
 @pytest.mark.parametrize("order", ["random", "rising", "falling"])
-@pytest.mark.parametrize("m, n_keys, k, width", [(7, 5000, 20, 32), (3, 1001, 5, 8), (160, 4100, 40, 16)])
+@pytest.mark.parametrize("m, n_keys, k, width", [(7, 5000, 20, 32), (3, 1001, 5, 8), (40, 4100, 40, 16)])
 def test_topk_two_pass_is_exact_with_ties_and_ragged_blocks(monkeypatch, order, m, n_keys, k, width):
-    """The two-pass top-k (block maxima, then the blocks that reach the k-th) over score blocks of a
-    few dozen keys (L2_ELEMS shrunk), a narrow last block and score block, many equal scores."""
+    """The two-pass top-k (a threshold from block maxima, then the scores that reach it) over score
+    blocks of a few dozen keys (L2_ELEMS shrunk), a narrow last block and score block, many equal
+    scores; pass 1 over all or a third of the blocks; thresholds raised on the way."""
     from seqrec.losses import kernels
 
     monkeypatch.setattr(kernels, "L2_ELEMS", m * 3 * width)  # 3 blocks of keys per score block
@@ -45,7 +46,12 @@ def test_topk_two_pass_is_exact_with_ties_and_ragged_blocks(monkeypatch, order, 
     keys = torch.randint(-3, 4, (n_keys, 8), generator=g).float()
     if order != "random":
         keys = keys[(q[0] @ keys.T).argsort(descending=order == "falling", stable=True)]
-    assert torch.equal(kernels.topk_two_pass(q, keys, k, width), _reference(q, keys, k))
+    want = _reference(q, keys, k)
+    for stride in (1, 3):  # pass 1 over every score block, or every third (a looser threshold)
+        assert torch.equal(kernels.topk_two_pass(q, keys, k, width, stride), want)
+    monkeypatch.setattr(kernels, "CANDIDATES_PER_ROW", 1)  # thresholds raised after every block
+    assert torch.equal(kernels.topk_two_pass(q, keys, k, width, 3), want)
+    monkeypatch.setattr(kernels, "CANDIDATES_PER_ROW", 1 << 14)
     # and topk_rows_chunked takes it by itself for many keys
     assert torch.equal(kernels.topk_rows_chunked(q, keys, k, width=width), _reference(q, keys, k))
     assert torch.equal(kernels.topk_rows_chunked(q, keys, k, chunk=999), _reference(q, keys, k))

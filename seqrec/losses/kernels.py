@@ -17,6 +17,8 @@ BLOCK_ELEMS = 1 << 22
 CUDA_BLOCK_FACTOR = 8
 # float32 elements of a score block that stays in a core's L2 cache (1 MiB): topk_two_pass
 L2_ELEMS = 1 << 18
+# topk_two_pass's candidates a row before its threshold is raised (normally ~stride k)
+CANDIDATES_PER_ROW = 1 << 14
 
 AutocastState = tuple[bool, torch.dtype | None]
 
@@ -98,60 +100,85 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
 
 
 @torch.no_grad()
-def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int = 32) -> torch.Tensor:
-    """``topk_rows_chunked`` for many keys (K >= k ``width``), in two passes over [sub, m] score
-    blocks small enough to stay in a core's L2 cache.
+def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int = 32,
+                  stride: int | None = None) -> torch.Tensor:
+    """``topk_rows_chunked`` for many keys (K >= 2 k ``width``), in two passes over [sub, m] score
+    blocks small enough to stay in a core's L2 cache: no score is ever written to memory, which
+    at a million keys had been most of the cost (docs/benchmarks.md).
 
-    Pass 1 keeps only the maxima of the blocks of ``width`` consecutive keys, [K / width, m], and
-    each row's threshold, the k-th largest block maximum (k blocks reach it, so k keys do, and a
-    key above it lies in a block that reaches it). Pass 2 recomputes the score blocks that hold
-    such a block (the same GEMM on the same buffer: the same values) and keeps the scores at or
-    above the threshold: ~k per row. Writing all [K, m] scores to memory and reading them back
-    was most of the cost at a million keys (one thread: 1.2 s -> see docs/benchmarks.md); this
-    way a score is written only to the cache. Memory O(m K / width).
+    Pass 1 scores every ``stride``-th score block and keeps each row's threshold: the k-th largest
+    maximum of its blocks of ``width`` consecutive keys (k blocks reach it, so k keys do). Pass 2
+    scores every block again and keeps the scores at or above the threshold, found through the
+    block maxima. A key of the top k is at or above it, and the blocks pass 1 saw are scored again
+    by the same GEMM on the same buffer (the same values), so the result is exact. ``stride``
+    (default 4 from 64 k blocks on, else 1) trades pass 1's work against a looser threshold:
+    ~stride k candidates a row. Should the candidates outgrow ``CANDIDATES_PER_ROW`` (keys laid
+    out against the stride), each row's k-th best so far raises its threshold.
     """
     m, K = queries.shape[0], keys.shape[0]
     q = queries.float()
     sub = max(width, L2_ELEMS // max(m, 1) // width * width)  # keys per score block
+    if stride is None:
+        stride = 4 if K >= 64 * k * width else 1
     s = q.new_empty(sub, m)
-    bmax = q.new_empty(-(-K // width), m)  # [blocks, m]
+    bmax = q.new_empty(sub // width + 1, m)
 
-    def scores(j0: int) -> torch.Tensor:
+    def scores(j0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [n, m] of keys j0.. and the maxima [blocks, m] of their blocks."""
         n = min(sub, K - j0)
-        return torch.mm(keys[j0:j0 + n].float(), q.T, out=s[:n])  # [n, m]
-
-    for j0 in range(0, K, sub):
-        sc = scores(j0)
-        full, b0 = len(sc) // width * width, j0 // width
+        sc = torch.mm(keys[j0:j0 + n].float(), q.T, out=s[:n])
+        full = n // width * width
         # maxima over a middle dimension: m-wide vector maxima, ~3x faster than over the last
-        torch.amax(sc[:full].view(-1, width, m), 1, out=bmax[b0:b0 + full // width])
-        if full < len(sc):
-            bmax[b0 + full // width] = sc[full:].amax(0)
-    thr = kth_largest(bmax.T.contiguous(), k).view(1, m)
-    hit = bmax >= thr  # [blocks, m]
+        torch.amax(sc[:full].view(-1, width, m), 1, out=bmax[:full // width])
+        if full == n:
+            return sc, bmax[:full // width]
+        bmax[full // width] = sc[full:].amax(0)
+        return sc, bmax[:full // width + 1]
+
+    seen = torch.cat([scores(j0)[1].clone() for j0 in range(0, K, sub * stride)])
+    thr = kth_largest(seen.T.contiguous(), k).view(m)
+    del seen
     lane = torch.arange(width, device=q.device)
     found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    held = 0
     for j0 in range(0, K, sub):
-        b0 = j0 // width
-        blk, row = hit[b0:b0 + sub // width].nonzero(as_tuple=True)
-        if len(blk) == 0:
-            continue
-        sc = scores(j0)
-        cols = blk[:, None] * width + lane  # [hits, width], ascending
+        sc, bm = scores(j0)
+        blk, row = (bm >= thr).nonzero(as_tuple=True)
+        cols = blk[:, None] * width + lane  # [hits, width]
         inside = cols < len(sc)
-        flat = cols.clamp_(max=len(sc) - 1) * m + row[:, None]
-        vals = sc.view(-1)[flat]
-        keep = (vals >= thr[0, row, None]) & inside
+        vals = sc.view(-1)[cols.clamp_(max=len(sc) - 1) * m + row[:, None]]
+        keep = (vals >= thr[row, None]) & inside
         found.append((row[:, None].expand_as(cols)[keep], cols[keep] + j0, vals[keep]))
-    r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
+        held += len(found[-1][0])
+        if held > CANDIDATES_PER_ROW * m:
+            found = [_tighten(found, thr, m, k)]
+            held = len(found[0][0])
+    buf_v, buf_i = _by_row(*(torch.cat(t) for t in zip(*found, strict=True)), m)
+    return _best_first(buf_v, buf_i, k)[1]
+
+
+def _by_row(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates (rows, ids, values) -> (values, ids) [m, most in a row], -inf / 0 where unfilled."""
     cnt = torch.bincount(r, minlength=m)
     order = torch.argsort(r, stable=True)
     r, c, v = r[order], c[order], v[order]
-    pos = torch.arange(len(r), device=q.device) - (torch.cumsum(cnt, 0) - cnt)[r]
-    buf_v = torch.full((m, int(cnt.max())), float("-inf"), device=q.device)
-    buf_i = torch.zeros(buf_v.shape, dtype=torch.long, device=q.device)
+    pos = torch.arange(len(r), device=r.device) - (torch.cumsum(cnt, 0) - cnt)[r]
+    buf_v = torch.full((m, max(int(cnt.max()), 1)), float("-inf"), device=v.device)
+    buf_i = torch.zeros(buf_v.shape, dtype=torch.long, device=v.device)
     buf_v[r, pos], buf_i[r, pos] = v, c
-    return _best_first(buf_v, buf_i, k)[1]
+    return buf_v, buf_i
+
+
+def _tighten(found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], thr: torch.Tensor, m: int,
+             k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raise ``thr`` [m] in place to each row's k-th best candidate (rows with k of them), and keep
+    the candidates at or above it."""
+    r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
+    buf_v, _ = _by_row(r, c, v, m)
+    if buf_v.shape[1] >= k:
+        thr.copy_(torch.maximum(thr, kth_largest(buf_v, k)[:, 0]))
+    keep = v >= thr[r]
+    return r[keep], c[keep], v[keep]
 
 
 def _chunk_topk(s: torch.Tensor, k: int, room: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,8 @@ target is masked out of the bucket's items, and the positive logit is appended a
 position's loss is the maximum over the buckets it falls in; positions in no bucket leave the mean.
 
 Beyond the reference implementation (same value and gradients):
-- Omega W^T is computed in catalog chunks with a running top-k, so [n_b, C] never exists at once.
+- Omega W^T is never held whole: catalog chunks with a running top-k, or on CPU with many items
+  two passes over cache-sized blocks (``kernels.topk_two_pass``); the selection stays exact.
 - The bucket logits go through a custom autograd function that works in groups of buckets, so only
   one group's [g, k_x, k_y] block is alive at any time and the item-embedding gradient is a single
   dense [C, d] buffer. Backward recomputes logits only for the rows that won the max (each
@@ -191,10 +192,11 @@ class SCE(Loss):
         n_b, k_x, k_y = self.resolve(n, c, capacity)
         grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)
         # selection: one chunk of scores, its top-k, the candidate buffer (9 k) and a merge; or on
-        # many items (topk_two_pass) the block maxima and their mask [C / 32, n_b], and candidates
+        # many items (topk_two_pass) pass 1's block maxima (at most [C / 32, n_b]), one score
+        # block and ~4 k candidates a bucket
         chunk = max(k_y, block_elems() // n_b)
         select = max(n_b * chunk * 4 + n_b * k_y * 12 * (1 + 9 + 2),
-                     n_b * -(-c // 32) * 5 + L2_ELEMS * 4 + n_b * k_y * 12 * 4) + n_b * d * 4 + n * n_b * 4
+                     n_b * -(-c // 32) * 4 + L2_ELEMS * 4 + n_b * k_y * 20 * 4) + n_b * d * 4 + n * n_b * 4
         saved = n_b * k_x * (4 + 4 + 4 + 8) + n_b * k_y * 8 + n * 16
         g = group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
