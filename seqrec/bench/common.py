@@ -29,7 +29,23 @@ def machine_info() -> dict[str, Any]:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "date": _dt.date.today().isoformat()}
+            "date": _dt.date.today().isoformat(), "code": source_version()}
+
+
+def source_version() -> str | None:
+    """``git describe --always --dirty`` of the seqrec source tree the bench runs from (None when it is
+    not a git checkout, e.g. an installed wheel): figures recorded over several sessions name their code."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def markdown_table(records: list[dict[str, Any]], columns: list[str]) -> str:
@@ -61,7 +77,8 @@ def write_results(out: str | os.PathLike, records: list[dict[str, Any]], columns
     figure.savefig(buf, format="png", dpi=110)
     info = machine_info()
     header = (f"# {title}\n\nCommand: `{command}`  \nMachine: {info['cpu']}, {info['cores']} cores"
-              f"{', GPU ' + info['gpu'] if info['gpu'] else ''}; torch {info['torch']}; date {info['date']}\n\n")
+              f"{', GPU ' + info['gpu'] if info['gpu'] else ''}; torch {info['torch']}; date {info['date']}"
+              f"{'; code ' + info['code'] if info['code'] else ''}\n\n")
     table = header + (markdown_table(records, columns) if body is None else body)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", records)
