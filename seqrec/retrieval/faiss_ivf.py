@@ -6,7 +6,6 @@ each query's top k). Filtering, GPU placement and save/load come from ``FaissRet
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,7 +20,6 @@ from seqrec.retrieval.tune import DEFAULTS as TUNING
 from seqrec.retrieval.tune import Tunable
 
 SCAN_BYTES = 128 * 2**20  # the grouped scan: queries gathered per (query, cell) pair in one batch
-SCAN_MIN_WORK = 2**22  # (query, item) pairs below which the scan stays on one thread
 
 
 class FaissIVFRetriever(Tunable, FaissRetriever):
@@ -159,33 +157,15 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         qp = torch.from_numpy(qa).index_select(0, torch.from_numpy(rows))  # [m p, d + 1], same order
         count = np.bincount(flat, minlength=len(lay.sizes))
         start = np.concatenate([[0], np.cumsum(count)]).tolist()
-        todo = np.flatnonzero((count > 0) & (lay.sizes > 0))
-        work = count[todo] * lay.sizes[todo]  # multiply-adds / (d + 1) per cell
-        # contiguous runs of cells of about equal work, one per thread, each into its own heaps
-        # (torch's GEMM and faiss's heaps release the GIL)
-        n_run = max(1, min(torch.get_num_threads(), len(todo), int(work.sum()) // SCAN_MIN_WORK))
-        cut = np.searchsorted(np.cumsum(work), np.arange(1, n_run) * work.sum() / n_run)
-        runs = np.split(todo, cut)
-
-        def scan(cells: np.ndarray) -> Any:
-            heap = faiss.ResultHeap(m, k, keep_max=True)
-            buf = torch.empty(int(work.max(initial=0)))
-            for c in cells.tolist():
-                a, b = start[c], start[c + 1]
-                s = buf[:(b - a) * len(lay.ids[c])].view(b - a, -1)
-                torch.mm(qp[a:b], lay.vectors[c].T, out=s)  # [queries, items] of cell c
-                heap.heaps.addn_query_subset_with_ids(b - a, faiss.swig_ptr(rows[a:b]), s.shape[1],
-                                                      faiss.swig_ptr(s.numpy()), faiss.swig_ptr(lay.ids[c]), 0)
-            heap.finalize()
-            return heap
-
-        if len(runs) == 1:
-            heap = scan(runs[0])
-            return heap.D, heap.I
-        with ThreadPoolExecutor(len(runs)) as pool:
-            heaps = list(pool.map(scan, runs))
         heap = faiss.ResultHeap(m, k, keep_max=True)
-        heap.add_result(np.hstack([h.D for h in heaps]), np.hstack([h.I for h in heaps]))
+        todo = np.flatnonzero((count > 0) & (lay.sizes > 0))
+        buf = torch.empty(int((count[todo] * lay.sizes[todo]).max(initial=0)))
+        for c in todo.tolist():
+            a, b = start[c], start[c + 1]
+            s = buf[:(b - a) * len(lay.ids[c])].view(b - a, -1)
+            torch.mm(qp[a:b], lay.vectors[c].T, out=s)  # [queries, items] of cell c
+            heap.heaps.addn_query_subset_with_ids(b - a, faiss.swig_ptr(rows[a:b]), s.shape[1],
+                                                  faiss.swig_ptr(s.numpy()), faiss.swig_ptr(lay.ids[c]), 0)
         heap.finalize()
         return heap.D, heap.I
 
