@@ -52,6 +52,7 @@ def test_topk_two_pass_is_exact_with_ties_and_ragged_blocks(monkeypatch, order, 
     monkeypatch.setattr(kernels, "CANDIDATES_PER_ROW", 1)  # thresholds raised after every block
     assert torch.equal(kernels.topk_two_pass(q, keys, k, width, 3), want)
     monkeypatch.setattr(kernels, "CANDIDATES_PER_ROW", 1 << 14)
+    assert torch.equal(kernels.topk_two_pass(q, keys, k, width, 10**6), want)  # one block seen: no threshold
     # and topk_rows_chunked takes it by itself for many keys
     assert torch.equal(kernels.topk_rows_chunked(q, keys, k, width=width), _reference(q, keys, k))
     assert torch.equal(kernels.topk_rows_chunked(q, keys, k, chunk=999), _reference(q, keys, k))

@@ -136,7 +136,8 @@ def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int 
         return sc, bmax[:full // width + 1]
 
     seen = torch.cat([scores(j0)[1].clone() for j0 in range(0, K, sub * stride)])
-    thr = kth_largest(seen.T.contiguous(), k).view(m)
+    # fewer than k blocks seen (a large stride on few keys): no threshold yet, _tighten makes one
+    thr = kth_largest(seen.T.contiguous(), k).view(m) if len(seen) >= k else q.new_full((m,), float("-inf"))
     del seen
     lane = torch.arange(width, device=q.device)
     found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
