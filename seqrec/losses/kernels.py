@@ -212,18 +212,16 @@ def kth_largest(s: torch.Tensor, k: int, width: int = 8) -> torch.Tensor:
     return cand.topk(k, dim=1).values[:, -1:]
 
 
-def _reduce(buf_v: torch.Tensor, buf_i: torch.Tensor, fill: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep each row's k best candidates in the first slots (the rest -inf) -> the rows' k-th best
-    score [m]; -inf while a row has fewer than k candidates (everything may still enter)."""
+def _reduce(buf_v: torch.Tensor, buf_i: torch.Tensor, fill: torch.Tensor, k: int) -> None:
+    """Keep each row's k best candidates in the first slots (the rest -inf), in place."""
     width = int(fill.max())
     if width == 0:
-        return torch.full_like(buf_v[:, 0], float("-inf"))
+        return
     kk = min(k, width)
     bv, bi = _best_first(buf_v[:, :width], buf_i[:, :width], kk)
     buf_v[:, :kk], buf_i[:, :kk] = bv, bi
     buf_v[:, kk:] = float("-inf")
     fill.clamp_(max=kk)
-    return bv[:, -1].clone() if kk == k else torch.full_like(bv[:, 0], float("-inf"))
 
 
 def _best_first(v: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
