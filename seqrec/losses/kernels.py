@@ -19,6 +19,8 @@ CUDA_BLOCK_FACTOR = 8
 L2_ELEMS = 1 << 18
 # topk_two_pass's candidates a row before its threshold is raised (normally ~stride k)
 CANDIDATES_PER_ROW = 1 << 14
+# topk_two_pass's score blocks whose hit blocks are filtered key by key together
+FLUSH_BLOCKS = 16
 
 AutocastState = tuple[bool, torch.dtype | None]
 
@@ -121,53 +123,59 @@ def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int 
     if stride is None:
         stride = 4 if K >= 64 * k * width else 1
     s = q.new_empty(sub, m)
-    bmax = q.new_empty(sub // width + 1, m)
+    bmax = q.new_empty(sub // width, m)
 
     def scores(j0: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores [n, m] of keys j0.. and the maxima [blocks, m] of their blocks."""
+        """Scores [blocks, width, m] of keys j0.. (a ragged last block padded with -inf) and the
+        blocks' maxima [blocks, m]."""
         n = min(sub, K - j0)
-        sc = torch.mm(keys[j0:j0 + n].float(), q.T, out=s[:n])
-        full = n // width * width
+        torch.mm(keys[j0:j0 + n].float(), q.T, out=s[:n])
+        b = -(-n // width)
+        if n < b * width:
+            s[n:b * width] = float("-inf")
+        sc = s[:b * width].view(b, width, m)
         # maxima over a middle dimension: m-wide vector maxima, ~3x faster than over the last
-        torch.amax(sc[:full].view(-1, width, m), 1, out=bmax[:full // width])
-        if full == n:
-            return sc, bmax[:full // width]
-        bmax[full // width] = sc[full:].amax(0)
-        return sc, bmax[:full // width + 1]
+        return sc, torch.amax(sc, 1, out=bmax[:b])
 
     seen = torch.cat([scores(j0)[1].clone() for j0 in range(0, K, sub * stride)])
     # fewer than k blocks seen (a large stride on few keys): no threshold yet, _tighten makes one
     thr = kth_largest(seen.T.contiguous(), k).view(m) if len(seen) >= k else q.new_full((m,), float("-inf"))
     del seen
-    lane = torch.arange(width, device=q.device)
     found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    hits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     held = 0
-    for j0 in range(0, K, sub):
+    block_starts = range(0, K, sub)
+    for i, j0 in enumerate(block_starts):
         sc, bm = scores(j0)
         blk, row = (bm >= thr).nonzero(as_tuple=True)
-        cols = blk[:, None] * width + lane  # [hits, width]
-        inside = cols < len(sc)
-        vals = sc.view(-1)[cols.clamp_(max=len(sc) - 1) * m + row[:, None]]
-        keep = (vals >= thr[row, None]) & inside
-        found.append((row[:, None].expand_as(cols)[keep], cols[keep] + j0, vals[keep]))
+        hits.append((row, blk + j0 // width, sc[blk, :, row]))  # a hit block's scores [hits, width]
+        if len(hits) < FLUSH_BLOCKS and i + 1 < len(block_starts):
+            continue
+        # the per-key filter runs once for several score blocks: per-op overhead, not the work,
+        # had made it cost more than the GEMM
+        r, b, v = (torch.cat(t) for t in zip(*hits, strict=True))
+        hits = []
+        h, lane = (v >= thr[r, None]).nonzero(as_tuple=True)
+        ids = b[h] * width + lane
+        inside = ids < K  # padding lanes pass a -inf threshold
+        found.append((r[h][inside], ids[inside], v[h, lane][inside]))
         held += len(found[-1][0])
         if held > CANDIDATES_PER_ROW * m:
             found = [_tighten(found, thr, m, k)]
             held = len(found[0][0])
-    buf_v, buf_i = _by_row(*(torch.cat(t) for t in zip(*found, strict=True)), m)
-    return _best_first(buf_v, buf_i, k)[1]
+    r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
+    order, starts = _by_row(r, v, m)  # every row holds k candidates at least (k blocks reach thr)
+    return c[order[starts[:, None] + torch.arange(k, device=c.device)]]
 
 
-def _by_row(r: torch.Tensor, c: torch.Tensor, v: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates (rows, ids, values) -> (values, ids) [m, most in a row], -inf / 0 where unfilled."""
+def _by_row(r: torch.Tensor, v: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates (rows r, values v) in the order of their ids within a row -> (order, starts): each
+    row's candidates are ``order[starts[row]:starts[row + 1]]``, best first, equal values by the
+    lower id (two stable sorts: ~3x cheaper than padding them into an [m, most a row] buffer)."""
+    order = torch.argsort(v, descending=True, stable=True)
+    order = order[torch.argsort(r[order], stable=True)]
     cnt = torch.bincount(r, minlength=m)
-    order = torch.argsort(r, stable=True)
-    r, c, v = r[order], c[order], v[order]
-    pos = torch.arange(len(r), device=r.device) - (torch.cumsum(cnt, 0) - cnt)[r]
-    buf_v = torch.full((m, max(int(cnt.max()), 1)), float("-inf"), device=v.device)
-    buf_i = torch.zeros(buf_v.shape, dtype=torch.long, device=v.device)
-    buf_v[r, pos], buf_i[r, pos] = v, c
-    return buf_v, buf_i
+    return order, torch.cumsum(cnt, 0) - cnt
 
 
 def _tighten(found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], thr: torch.Tensor, m: int,
@@ -175,9 +183,10 @@ def _tighten(found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], thr: 
     """Raise ``thr`` [m] in place to each row's k-th best candidate (rows with k of them), and keep
     the candidates at or above it."""
     r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
-    buf_v, _ = _by_row(r, c, v, m)
-    if buf_v.shape[1] >= k:
-        thr.copy_(torch.maximum(thr, kth_largest(buf_v, k)[:, 0]))
+    order, starts = _by_row(r, v, m)
+    full = torch.bincount(r, minlength=m) >= k
+    kth = v[order[(starts + k - 1).clamp_(max=len(v) - 1)]]
+    thr.copy_(torch.where(full, torch.maximum(thr, kth), thr))
     keep = v >= thr[r]
     return r[keep], c[keep], v[keep]
 
