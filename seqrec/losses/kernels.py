@@ -164,18 +164,19 @@ def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int 
             found = [_tighten(found, thr, m, k)]
             held = len(found[0][0])
     r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
-    order, starts = _by_row(r, v, m)  # every row holds k candidates at least (k blocks reach thr)
+    order, starts, _ = _by_row(r, v, m)  # every row holds k candidates at least (k blocks reach thr)
     return c[order[starts[:, None] + torch.arange(k, device=c.device)]]
 
 
-def _by_row(r: torch.Tensor, v: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates (rows r, values v) in the order of their ids within a row -> (order, starts): each
-    row's candidates are ``order[starts[row]:starts[row + 1]]``, best first, equal values by the
-    lower id (two stable sorts: ~3x cheaper than padding them into an [m, most a row] buffer)."""
+def _by_row(r: torch.Tensor, v: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates (rows r, values v) in the order of their ids within a row -> (order, starts,
+    counts): each row's candidates are ``order[starts[row]:starts[row] + counts[row]]``, best first,
+    equal values by the lower id (two stable sorts: ~3x cheaper than padding them into an
+    [m, most a row] buffer)."""
     order = torch.argsort(v, descending=True, stable=True)
     order = order[torch.argsort(r[order], stable=True)]
     cnt = torch.bincount(r, minlength=m)
-    return order, torch.cumsum(cnt, 0) - cnt
+    return order, torch.cumsum(cnt, 0) - cnt, cnt
 
 
 def _tighten(found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], thr: torch.Tensor, m: int,
@@ -183,8 +184,8 @@ def _tighten(found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], thr: 
     """Raise ``thr`` [m] in place to each row's k-th best candidate (rows with k of them), and keep
     the candidates at or above it."""
     r, c, v = (torch.cat(t) for t in zip(*found, strict=True))
-    order, starts = _by_row(r, v, m)
-    full = torch.bincount(r, minlength=m) >= k
+    order, starts, counts = _by_row(r, v, m)
+    full = counts >= k
     kth = v[order[(starts + k - 1).clamp_(max=len(v) - 1)]]
     thr.copy_(torch.where(full, torch.maximum(thr, kth), thr))
     keep = v >= thr[r]
