@@ -88,6 +88,8 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
               help="Cases run at once (jobs x threads should not exceed the cores).")
 @click.option("--resume", is_flag=True, default=None,
               help="Keep the cases already finished in --work-dir (same settings); run the rest.")
+@click.option("--report", is_flag=True, default=None,
+              help="Run nothing: the table of the cases finished in --work-dir, the others marked not run.")
 # flags default to None (not False) so that table.md's command line shows only the flags given
 @click.option("--setup", is_flag=True, default=None,
               help="Only create the peer environments (pinned versions), then exit.")
@@ -95,8 +97,8 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
               help="A missing peer environment is an error row, not installed.")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, models: str, threads: int,
-          cache_dir: str | None, work_dir: str | None, jobs: int, resume: bool | None, setup: bool | None,
-          no_install: bool | None, out: Path | None) -> int:
+          cache_dir: str | None, work_dir: str | None, jobs: int, resume: bool | None, report: bool | None,
+          setup: bool | None, no_install: bool | None, out: Path | None) -> int:
     """seqrec next to RecBole, RecTools and RePlay: same split, budgets and threads, one evaluator."""
     from seqrec.bench.common import int_list
     from seqrec.bench.peers import measure as bench_peers
@@ -113,7 +115,8 @@ def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, mode
         raise ConfigError("--dataset: give at least one dataset")
     records = bench_peers.measure(names, data_dir, int_list(budgets, "--budgets"), libs,
                                   bench_peers.check_names(models, bench_peers.MODELS, "--models"), threads,
-                                  cache_dir, work_dir, not no_install, _log, jobs=jobs, resume=bool(resume))
+                                  cache_dir, work_dir, not no_install, _log, jobs=jobs, resume=bool(resume),
+                                  report=bool(report))
     path = _finish(out, records, bench_peers.COLUMNS, "Side by side: seqrec, RecBole, RecTools, RePlay",
                    time_to_quality(records), "time_to_quality.png")
     click.echo((path / "table.md").read_text())

@@ -24,7 +24,11 @@ LOSSES = {"seqrec": ("ce", "sce", "gbce"), "recbole": ("ce",), "rectools": ("ce"
 # one model and training setup for everyone (protocol.md's reference SASRec); the
 # per-dataset changes follow seqrec/configs (Beauty: dropout 0.6)
 SETTINGS: dict[str, Any] = {"d": 64, "n_blocks": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2, "batch_size": 128,
-                            "lr": 1e-3, "k": 20, "seed": 0, "n_negatives": 256, "gbce_t": 0.75, "mask_prob": 0.2}
+                            "lr": 1e-3, "k": 20, "seed": 0, "n_negatives": 256, "gbce_t": 0.75, "mask_prob": 0.2,
+                            # seqrec only (the peers do not validate): epochs without a validation
+                            # gain before it stops, as configs/sasrec-ml-1m-ce.yaml; gBCE sat on a
+                            # plateau for 8 epochs on ML-1M, and the default of 3 stopped it there
+                            "patience": 20}
 DATASET_SETTINGS: dict[str, dict[str, Any]] = {"amazon-beauty": {"dropout": 0.6}}
 COLUMNS = ["library", "version", "dataset", "model", "loss", "budget_s", "ndcg@10", "hr@10", "peer_ndcg@10",
            "epochs", "train_s", "eval_s", "peak_rss_mb", "error"]
@@ -81,10 +85,7 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
     from seqrec.bench.peers.score import score_topk
 
     lib, model, loss = case
-    rec: dict[str, Any] = {"library": lib, "version": None, "dataset": data.name, "model": model, "loss": loss,
-                           "budget_s": budget, "threads": threads, "ndcg@10": None, "hr@10": None,
-                           "peer_ndcg@10": None, "peer_hr@10": None, "epochs": None, "steps": None, "train_s": None,
-                           "eval_s": None, "peak_rss_mb": None, "wall_s": None, "error": None}
+    rec = _blank(case, budget, data.name, threads)
     try:
         python, script, pythonpath, rec["version"] = runner_for(lib, cache_dir, install, log)
     except SeqrecError as e:
@@ -105,27 +106,40 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
     return rec
 
 
+def _blank(case: tuple[str, str, str], budget: int, dataset: str, threads: int) -> dict[str, Any]:
+    """A case's record before it runs: every column empty."""
+    lib, model, loss = case
+    return {"library": lib, "version": None, "dataset": dataset, "model": model, "loss": loss, "budget_s": budget,
+            "threads": threads, "ndcg@10": None, "hr@10": None, "peer_ndcg@10": None, "peer_hr@10": None,
+            "epochs": None, "steps": None, "train_s": None, "eval_s": None, "peak_rss_mb": None, "wall_s": None,
+            "error": None}
+
+
 def measure(datasets: list[str], data_dir: str | None, budgets: list[int], libraries: list[str],
             models: list[str], threads: int, cache_dir: str | None, work_dir: str | None, install: bool,
-            log: Callable[[str], None], jobs: int = 1, resume: bool = False) -> list[dict[str, Any]]:
+            log: Callable[[str], None], jobs: int = 1, resume: bool = False,
+            report: bool = False) -> list[dict[str, Any]]:
     """Export each dataset's leave-one-out split once, run every case at every budget -> records.
 
     ``jobs`` cases run at once (each with ``threads`` threads: give every case its own cores).
     Each finished case leaves ``record.json`` in ``work_dir/<dataset>/<budget>s/<case>/``; with
     ``resume`` a case whose record is there (same settings, no error) is read back instead of run
-    again, so a long comparison continues where it stopped.
+    again, so a long comparison continues where it stopped. ``report`` runs nothing: the records
+    kept in ``work_dir``, and a row saying "not run" for each case without one.
     """
-    if resume and not work_dir:
-        raise ConfigError("--resume continues the cases kept in --work-dir: give the same --work-dir")
+    if (resume or report) and not work_dir:
+        raise ConfigError(f"{'--report reads' if report else '--resume continues'} the cases kept in --work-dir: "
+                          "give the same --work-dir")
     with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
         work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
         return [rec for name in datasets for rec in _measure_one(name, data_dir, budgets, libraries, models, threads,
-                                                                 cache_dir, work, install, log, jobs, resume)]
+                                                                 cache_dir, work, install, log, jobs, resume,
+                                                                 report)]
 
 
 def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
                  threads: int, cache_dir: str | None, work_root: Path, install: bool, log: Callable[[str], None],
-                 jobs: int, resume: bool) -> list[dict[str, Any]]:
+                 jobs: int, resume: bool, report: bool = False) -> list[dict[str, Any]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from seqrec.bench.peers.export import export
@@ -133,17 +147,19 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
 
     data = load_dataset(dataset, data_dir=data_dir)
     work = work_root / data.name
-    export_dir = export(data, work / "export")
+    export_dir = None if report else export(data, work / "export")
     log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
     todo = [(budget, case) for budget in budgets for case in cases(libraries, models)]
 
     def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:
         budget, case = item
         where = work / f"{budget}s" / "-".join(case)
-        done = _finished(where, case, budget, data.name, threads) if resume else None
+        done = _finished(where, case, budget, data.name, threads) if resume or report else None
         if done is not None:
-            log(f"[{data.name} {budget} s] {' '.join(case)}: kept from {where} (--resume)")
+            log(f"[{data.name} {budget} s] {' '.join(case)}: kept from {where}")
             return done
+        if report:
+            return {**_blank(case, budget, data.name, threads), "error": f"not run (no finished record in {where})"}
         log(f"[{data.name} {budget} s] {' '.join(case)} ...")
         rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log)
         # how crowded the machine was: cases measured under different load are not comparable
