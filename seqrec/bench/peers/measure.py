@@ -159,7 +159,7 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
             log(f"[{data.name} {budget} s] {' '.join(case)}: kept from {where}")
             return done
         if report:
-            return {**_blank(case, budget, data.name, threads), "error": f"not run (no finished record in {where})"}
+            return {**_blank(case, budget, data.name, threads), "error": "not run (no finished record in --work-dir)"}
         log(f"[{data.name} {budget} s] {' '.join(case)} ...")
         rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log)
         # how crowded the machine was: cases measured under different load are not comparable
