@@ -139,7 +139,7 @@ def measure(datasets: list[str], data_dir: str | None, budgets: list[int], libra
 
 def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
                  threads: int, cache_dir: str | None, work_root: Path, install: bool, log: Callable[[str], None],
-                 jobs: int, resume: bool, report: bool = False) -> list[dict[str, Any]]:
+                 jobs: int, resume: bool, report: bool) -> list[dict[str, Any]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from seqrec.bench.peers.export import export
@@ -148,7 +148,8 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
     data = load_dataset(dataset, data_dir=data_dir)
     work = work_root / data.name
     export_dir = None if report else export(data, work / "export")
-    log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; split exported to {export_dir}")
+    log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; "
+        + (f"records read from {work}" if report else f"split exported to {export_dir}"))
     todo = [(budget, case) for budget in budgets for case in cases(libraries, models)]
 
     def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:

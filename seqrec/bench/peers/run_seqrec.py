@@ -34,7 +34,7 @@ def main() -> None:
     rec = SeqRec(model=model, loss=loss,
                  train={"batch_size": s["batch_size"], "lr": s["lr"], "betas": [0.9, 0.98], "epochs": 100_000,
                         "max_time_s": float(s["budget_s"]), "num_threads": s["threads"], "seed": s["seed"],
-                        "patience": s.get("patience", 20)})
+                        "patience": s["patience"]})
     t0 = time.perf_counter()
     rec.fit(data, log=lambda msg: print(msg, file=sys.stderr))
     train_s = time.perf_counter() - t0
