@@ -190,3 +190,5 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     assert all(r["error"].startswith("not run") and r["ndcg@10"] is None for r in table[3:])
     assert not (tmp_path / "w" / "synthetic" / "2s").exists()
     assert main(["bench", "peers", "--report", "--out", str(tmp_path / "f")]) == 2
+    assert main(["bench", "peers", "--report", "--work-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "f")]) == 2
+    assert "no such directory" in capsys.readouterr().err and not (tmp_path / "f").exists()

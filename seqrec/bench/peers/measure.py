@@ -130,6 +130,8 @@ def measure(datasets: list[str], data_dir: str | None, budgets: list[int], libra
     if (resume or report) and not work_dir:
         raise ConfigError(f"{'--report reads' if report else '--resume continues'} the cases kept in --work-dir: "
                           "give the same --work-dir")
+    if report and not Path(work_dir).is_dir():
+        raise ConfigError(f"--work-dir {work_dir}: no such directory, so no records to report")
     with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
         work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
         return [rec for name in datasets for rec in _measure_one(name, data_dir, budgets, libraries, models, threads,
