@@ -89,6 +89,18 @@ def test_runner_failure_is_one_line(tmp_path):
     assert last_error_line("Traceback:\n  File x\nKeyError: 'a'\nUserWarning: late\n") == "KeyError: 'a'"
 
 
+def test_runner_past_its_memory_limit_is_a_measured_row(tmp_path):
+    hog = tmp_path / "hog.py"
+    hog.write_text("import time\nb = b'x' * (400 * 2**20)\ntime.sleep(30)\n")  # 400 MB, every page written
+    rec = run_runner(sys.executable, hog, {}, tmp_path / "h", timeout_s=60, threads=1, max_rss_mb=200)
+    assert rec["error"].startswith("out of memory: its processes passed the 0.2 GB limit"), rec["error"]
+    assert rec["wall_s"] < 20 and rec["peak_rss_mb"] > 200
+    killed = tmp_path / "killed.py"
+    killed.write_text("import os, signal\nprint('last words')\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    rec = run_runner(sys.executable, killed, {}, tmp_path / "k", timeout_s=60, threads=1, max_rss_mb=10_000)
+    assert rec["error"].startswith("killed by signal 9") and "out-of-memory killer" in rec["error"]
+
+
 def test_missing_environment_is_an_error_record(tmp_path, data):
     rec = run_case(("recbole", "sasrec", "ce"), 5, data, tmp_path / "export", tmp_path / "w", 1,
                    str(tmp_path / "no-cache"), install=False, log=print)
@@ -106,7 +118,16 @@ def test_cli_writes_error_rows_not_a_crash(tmp_path, capsys):
                                                          ("replay", "ce"), ("replay", "sce")]
     assert all(r["error"] and r["ndcg@10"] is None for r in recs)
     assert (tmp_path / "out" / "time_to_quality.png").exists()
+    assert main(["bench", "peers", "--dataset", "synthetic", "--budgets", "1", "--libraries", "rectools,replay",
+                 "--losses", "sce", "--no-install", "--cache-dir", str(tmp_path / "none"), "--max-rss", "2",
+                 "--out", str(tmp_path / "o1")]) == 0
+    assert [(r["library"], r["loss"]) for r in json.loads((tmp_path / "o1" / "results.json").read_text())] == [
+        ("replay", "sce")]
     capsys.readouterr()
+    assert main(["bench", "peers", "--libraries", "recbole", "--losses", "sce", "--out", str(tmp_path / "o4")]) == 2
+    assert "recbole: ce" in capsys.readouterr().err and not (tmp_path / "o4").exists()
+    assert main(["bench", "peers", "--losses", "bpr", "--out", str(tmp_path / "o5")]) == 2
+    assert "bpr" in capsys.readouterr().err and not (tmp_path / "o5").exists()
     assert main(["bench", "peers", "--libraries", "lightfm", "--out", str(tmp_path / "o2")]) == 2
     assert "lightfm" in capsys.readouterr().err and not (tmp_path / "o2").exists()
     assert main(["bench", "peers", "--dataset", " , ", "--out", str(tmp_path / "o3")]) == 2

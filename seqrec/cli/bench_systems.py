@@ -79,6 +79,8 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
 @click.option("--budgets", default="300,900,2700", show_default=True, help="Training wall-time budgets (s).")
 @click.option("--libraries", default="seqrec,recbole,rectools,replay", show_default=True)
 @click.option("--models", default="sasrec", show_default=True, help="sasrec and/or bert4rec, comma-separated.")
+@click.option("--losses", "losses_", default=None,
+              help="Only these losses, comma-separated (default: each library's all: ce; sce, gbce where it has them).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Torch threads, all libraries.")
 @click.option("--cache-dir", default=None,
@@ -86,6 +88,9 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
 @click.option("--work-dir", default=None, type=click.Path(file_okay=False), help="Keep the export and run logs here.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Cases run at once (jobs x threads should not exceed the cores).")
+@click.option("--max-rss", "max_rss_gb", default=None, type=click.FloatRange(min=0.1),
+              help="Kill a case whose processes pass this resident memory (GB) and record it as out of memory "
+                   "[default: 90% of the machine's memory / --jobs].")
 @click.option("--resume", is_flag=True, default=None,
               help="Keep the cases already finished in --work-dir (same settings); run the rest.")
 @click.option("--report", is_flag=True, default=None,
@@ -96,8 +101,9 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
 @click.option("--no-install", is_flag=True, default=None,
               help="A missing peer environment is an error row, not installed.")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, models: str, threads: int,
-          cache_dir: str | None, work_dir: str | None, jobs: int, resume: bool | None, report: bool | None,
+def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, models: str, losses_: str | None,
+          threads: int, cache_dir: str | None, work_dir: str | None, jobs: int, max_rss_gb: float | None,
+          resume: bool | None, report: bool | None,
           setup: bool | None, no_install: bool | None, out: Path | None) -> int:
     """seqrec next to RecBole, RecTools and RePlay: same split, budgets and threads, one evaluator."""
     from seqrec.bench.common import int_list
@@ -116,7 +122,10 @@ def peers(dataset: str, data_dir: str | None, budgets: str, libraries: str, mode
     records = bench_peers.measure(names, data_dir, int_list(budgets, "--budgets"), libs,
                                   bench_peers.check_names(models, bench_peers.MODELS, "--models"), threads,
                                   cache_dir, work_dir, not no_install, _log, jobs=jobs, resume=bool(resume),
-                                  report=bool(report))
+                                  report=bool(report),
+                                  losses=bench_peers.check_names(losses_, bench_peers.ALL_LOSSES, "--losses")
+                                  if losses_ is not None else None,
+                                  max_rss_mb=max_rss_gb * 1024 if max_rss_gb else None)
     path = _finish(out, records, bench_peers.COLUMNS, "Side by side: seqrec, RecBole, RecTools, RePlay",
                    time_to_quality(records), "time_to_quality.png")
     click.echo((path / "table.md").read_text())

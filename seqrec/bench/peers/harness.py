@@ -3,7 +3,10 @@
 Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (the kernel's high-water mark of the
 runner process, the way ``/usr/bin/time -v`` reports it), so runs measured one after another do
 not mix. Every library gets the same thread settings: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in
-the environment and ``torch.set_num_threads`` in the runner.
+the environment and ``torch.set_num_threads`` in the runner. A memory limit, when given, is
+watched the same way a user would watch ``top``: the resident memory of the runner's whole process
+group, every 0.5 s; past it the group is killed and the record says so ("out of memory"), so a peer
+that cannot hold a dataset is a measured row rather than a machine taken down.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def last_error_line(log: str) -> str:
 
 
 def run_runner(python: str | os.PathLike, script: str | os.PathLike, settings: dict[str, Any], work: Path,
-               timeout_s: float, threads: int, pythonpath: str | None = None) -> dict[str, Any]:
+               timeout_s: float, threads: int, pythonpath: str | None = None,
+               max_rss_mb: float | None = None) -> dict[str, Any]:
     """Run ``python script settings.json`` in ``work`` -> the runner's result.json plus ``wall_s``,
-    ``peak_rss_mb`` and ``error`` (None, or the one-line reason: exit status, timeout, missing output).
-    ``pythonpath``: the child's PYTHONPATH (None: unset, so a peer sees only its own environment)."""
+    ``peak_rss_mb`` and ``error`` (None, or the one-line reason: exit status, timeout, memory limit,
+    missing output). ``pythonpath``: the child's PYTHONPATH (None: unset, so a peer sees only its own
+    environment). ``max_rss_mb``: kill the runner once its process group holds more resident memory."""
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("result.json", "topk.parquet"):  # a reused --work-dir must not pass off an old run
         (work / stale).unlink(missing_ok=True)
@@ -48,12 +53,18 @@ def run_runner(python: str | os.PathLike, script: str | os.PathLike, settings: d
     with open(work / "log.txt", "w") as log:
         proc = subprocess.Popen([str(python), str(script), str(work / "settings.json")], cwd=work, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        status, usage, timed_out = _wait(proc, timeout_s)
+        status, usage, stopped = _wait(proc, timeout_s, max_rss_mb)
     wall = time.perf_counter() - t0
     rec: dict[str, Any] = {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024 if usage else None, "error": None}
     result = work / "result.json"
-    if timed_out:
+    if stopped == "time":
         rec["error"] = f"timed out after {timeout_s:.0f} s"
+    elif stopped == "memory":
+        rec["error"] = (f"out of memory: its processes passed the {max_rss_mb / 1024:.1f} GB limit after {wall:.0f} s "
+                        "(killed)")
+    elif status < 0:  # a signal, most often the kernel's out-of-memory killer (SIGKILL)
+        rec["error"] = (f"killed by signal {-status} after {wall:.0f} s"
+                        + (" (the kernel's out-of-memory killer?)" if -status == signal.SIGKILL else ""))
     elif status != 0:
         rec["error"] = last_error_line((work / "log.txt").read_text(errors="replace"))
     elif not result.exists() or not (work / "topk.parquet").exists():
@@ -63,17 +74,35 @@ def run_runner(python: str | os.PathLike, script: str | os.PathLike, settings: d
     return rec
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, Any, bool]:
-    """Wait for ``proc`` up to ``timeout_s`` -> (exit code, rusage, timed out); kills its process group."""
-    deadline = time.monotonic() + timeout_s
+def _wait(proc: subprocess.Popen, timeout_s: float, max_rss_mb: float | None) -> tuple[int, Any, str | None]:
+    """Wait for ``proc`` -> (exit code, rusage, why it was stopped: None, "time" or "memory"); past
+    ``timeout_s`` or ``max_rss_mb`` its process group is killed."""
+    deadline, polls = time.monotonic() + timeout_s, 0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage, False
-        if time.monotonic() > deadline:
+            return proc.returncode, usage, None
+        polls += 1
+        stop = "time" if time.monotonic() > deadline else None
+        if stop is None and max_rss_mb is not None and polls % 3 == 0 and group_rss_mb(proc.pid) > max_rss_mb:
+            stop = "memory"
+        if stop:
             os.killpg(proc.pid, signal.SIGKILL)
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage, True
+            return proc.returncode, usage, stop
         time.sleep(0.2)
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory (MB) of every process in process group ``pgid`` (Linux ``/proc``; 0 elsewhere)."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[21]) * page  # rss, in pages
+    return total / 2**20

@@ -43,12 +43,21 @@ def check_names(text: str, known: tuple[str, ...], opt: str) -> list[str]:
     return names
 
 
-def cases(libraries: list[str], models: list[str]) -> Iterator[tuple[str, str, str]]:
-    """(library, model, loss) in run order."""
+ALL_LOSSES = tuple(dict.fromkeys(loss for names in LOSSES.values() for loss in names))
+
+
+def cases(libraries: list[str], models: list[str], losses: list[str] | None = None) -> Iterator[tuple[str, str, str]]:
+    """(library, model, loss) in run order; ``losses`` keeps only those losses (None: every one)."""
     for model in models:
         for lib in libraries:
             for loss in LOSSES[lib] if model == "sasrec" else ("ce",):
-                yield lib, model, loss
+                if losses is None or loss in losses:
+                    yield lib, model, loss
+
+
+def default_max_rss_mb(jobs: int) -> float:
+    """Each case's memory limit when none is given: 90% of the machine's memory shared by ``jobs``."""
+    return 0.9 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 / max(1, jobs)
 
 
 def setup(libraries: list[str], cache_dir: str | None, log: Callable[[str], None]) -> dict[str, dict]:
@@ -79,8 +88,10 @@ def runner_for(lib: str, cache_dir: str | None, install: bool, log: Callable[[st
 
 
 def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Path, work: Path, threads: int,
-             cache_dir: str | None, install: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """One library / model / loss at one budget -> its flat record (``error`` set when it failed)."""
+             cache_dir: str | None, install: bool, log: Callable[[str], None],
+             max_rss_mb: float | None = None) -> dict[str, Any]:
+    """One library / model / loss at one budget -> its flat record (``error`` set when it failed;
+    past ``max_rss_mb`` of resident memory the runner is killed and the record says out of memory)."""
     from seqrec.bench.peers.harness import run_runner
     from seqrec.bench.peers.score import score_topk
 
@@ -93,7 +104,8 @@ def run_case(case: tuple[str, str, str], budget: int, data: Any, export_dir: Pat
     settings = {**SETTINGS, **DATASET_SETTINGS.get(data.name, {}), "export": str(export_dir), "model": model,
                 "loss": loss, "budget_s": budget, "threads": threads, "recbole_dataset": "seqrec"}
     res = run_runner(python, script, settings, work, timeout_s=2 * budget + 1200, threads=threads,
-                     pythonpath=pythonpath)
+                     pythonpath=pythonpath, max_rss_mb=max_rss_mb)
+    rec["max_rss_mb"] = max_rss_mb
     for key in ("epochs", "steps", "train_s", "eval_s", "peak_rss_mb", "wall_s", "error"):
         rec[key] = res.get(key)
     peer = res.get("peer_metrics") or {}
@@ -112,36 +124,44 @@ def _blank(case: tuple[str, str, str], budget: int, dataset: str, threads: int) 
     return {"library": lib, "version": None, "dataset": dataset, "model": model, "loss": loss, "budget_s": budget,
             "threads": threads, "ndcg@10": None, "hr@10": None, "peer_ndcg@10": None, "peer_hr@10": None,
             "epochs": None, "steps": None, "train_s": None, "eval_s": None, "peak_rss_mb": None, "wall_s": None,
-            "error": None}
+            "max_rss_mb": None, "error": None}
 
 
 def measure(datasets: list[str], data_dir: str | None, budgets: list[int], libraries: list[str],
             models: list[str], threads: int, cache_dir: str | None, work_dir: str | None, install: bool,
             log: Callable[[str], None], jobs: int = 1, resume: bool = False,
-            report: bool = False) -> list[dict[str, Any]]:
+            report: bool = False, losses: list[str] | None = None,
+            max_rss_mb: float | None = None) -> list[dict[str, Any]]:
     """Export each dataset's leave-one-out split once, run every case at every budget -> records.
 
     ``jobs`` cases run at once (each with ``threads`` threads: give every case its own cores).
     Each finished case leaves ``record.json`` in ``work_dir/<dataset>/<budget>s/<case>/``; with
     ``resume`` a case whose record is there (same settings, no error) is read back instead of run
     again, so a long comparison continues where it stopped. ``report`` runs nothing: the records
-    kept in ``work_dir``, and a row saying "not run" for each case without one.
+    kept in ``work_dir``, and a row saying "not run" for each case without one. ``losses``: only
+    these losses (None: each library's all). ``max_rss_mb``: each case's memory limit (None:
+    ``default_max_rss_mb(jobs)``).
     """
     if (resume or report) and not work_dir:
         raise ConfigError(f"{'--report reads' if report else '--resume continues'} the cases kept in --work-dir: "
                           "give the same --work-dir")
+    if not any(cases(libraries, models, losses)):
+        raise ConfigError(f"--losses {','.join(losses or [])}: none of these libraries runs it "
+                          f"({'; '.join(f'{lib}: ' + ', '.join(LOSSES[lib]) for lib in libraries)})")
     if report and not Path(work_dir).is_dir():
         raise ConfigError(f"--work-dir {work_dir}: no such directory, so no records to report")
     with tempfile.TemporaryDirectory(prefix="seqrec-peers-") as tmp:
         work = (Path(work_dir) if work_dir else Path(tmp)).resolve()  # runners run in their own cwd
+        limit = max_rss_mb or default_max_rss_mb(jobs)
         return [rec for name in datasets for rec in _measure_one(name, data_dir, budgets, libraries, models, threads,
                                                                  cache_dir, work, install, log, jobs, resume,
-                                                                 report)]
+                                                                 report, losses, limit)]
 
 
 def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], libraries: list[str], models: list[str],
                  threads: int, cache_dir: str | None, work_root: Path, install: bool, log: Callable[[str], None],
-                 jobs: int, resume: bool, report: bool) -> list[dict[str, Any]]:
+                 jobs: int, resume: bool, report: bool, losses: list[str] | None,
+                 max_rss_mb: float) -> list[dict[str, Any]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from seqrec.bench.peers.export import export
@@ -152,7 +172,7 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
     export_dir = None if report else export(data, work / "export")
     log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; "
         + (f"records read from {work}" if report else f"split exported to {export_dir}"))
-    todo = [(budget, case) for budget in budgets for case in cases(libraries, models)]
+    todo = [(budget, case) for budget in budgets for case in cases(libraries, models, losses)]
 
     def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:
         budget, case = item
@@ -164,7 +184,7 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
         if report:
             return {**_blank(case, budget, data.name, threads), "error": "not run (no finished record in --work-dir)"}
         log(f"[{data.name} {budget} s] {' '.join(case)} ...")
-        rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log)
+        rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log, max_rss_mb)
         # how crowded the machine was: cases measured under different load are not comparable
         rec.update(jobs=jobs, load_avg_5min=round(os.getloadavg()[1], 2), seqrec_code=source_version())
         write_json(where / "record.json", rec)
