@@ -63,7 +63,7 @@ def export(data: PreparedData, out: str | Path, name: str = "seqrec") -> Path:
     inter.parent.mkdir(parents=True, exist_ok=True)
     with open(inter, "w") as f:
         f.write(INTER_HEADER)
-        np.savetxt(f, np.stack([users, items, pos], axis=1), fmt="%d", delimiter="\t")
+        _frame(users, items, pos).write_csv(f, separator="\t", include_header=False)
     save_prepared(data, out / "prepared", overwrite=True)
     info = {"name": data.name, "users": data.n_users, "items": data.n_items,
             "interactions": int(len(items)), "test_users": len(data.test), "recbole_dataset": name}
