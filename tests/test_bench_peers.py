@@ -134,6 +134,16 @@ def test_cli_writes_error_rows_not_a_crash(tmp_path, capsys):
     assert "--dataset" in capsys.readouterr().err and not (tmp_path / "o3").exists()
 
 
+def test_cases_follow_losses_and_opt_in():
+    from seqrec.bench.peers.measure import cases
+
+    assert list(cases(["seqrec", "recbole"], ["sasrec"])) == [
+        ("seqrec", "sasrec", "ce"), ("seqrec", "sasrec", "sce"), ("seqrec", "sasrec", "gbce"),
+        ("recbole", "sasrec", "ce")]
+    assert list(cases(["seqrec", "replay"], ["sasrec"], ["ce_chunked", "sce"])) == [
+        ("seqrec", "sasrec", "sce"), ("seqrec", "sasrec", "ce_chunked"), ("replay", "sasrec", "sce")]
+
+
 def test_time_to_quality_has_one_panel_per_dataset():
     from seqrec.bench.peers.plot import time_to_quality
 

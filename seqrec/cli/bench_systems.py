@@ -80,7 +80,8 @@ def serve(data_dir, n_items, requests, batch, train_s, threads, out: Path) -> in
 @click.option("--libraries", default="seqrec,recbole,rectools,replay", show_default=True)
 @click.option("--models", default="sasrec", show_default=True, help="sasrec and/or bert4rec, comma-separated.")
 @click.option("--losses", "losses_", default=None,
-              help="Only these losses, comma-separated (default: each library's all: ce; sce, gbce where it has them).")
+              help="Only these losses, comma-separated (default: ce for all; sce, gbce where the library has them; "
+                   "ce_chunked, seqrec's exact CE in catalog chunks, only when named).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="Torch threads, all libraries.")
 @click.option("--cache-dir", default=None,
