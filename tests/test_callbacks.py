@@ -90,10 +90,12 @@ def test_time_budget_stops_and_a_larger_budget_resumes(tiny_overrides, tmp_path)
     over = {**tiny_overrides, "train.max_time_s": 1e-6}
     cut = SeqRec(overrides=over).fit(run_dir=tmp_path / "r", **QUIET)
     assert cut.fit_info_["epochs"] == 1 and cut.fit_info_["stopped"].startswith("time budget of 1e-06s")
+    assert cut.fit_info_["steps"] == 1  # the partial epoch counts as one; its steps say how much of it ran
     same = SeqRec(overrides=over).fit(run_dir=tmp_path / "r", resume=True, **QUIET)
     assert same.fit_info_["epochs"] == 1  # the budget is still spent
     more = SeqRec(overrides={**over, "train.max_time_s": None}).fit(run_dir=tmp_path / "r", resume=True, **QUIET)
     assert more.fit_info_["epochs"] == 2 and more.fit_info_["stopped"] == ""
+    assert more.fit_info_["steps"] == 1 + more.fit_info_["steps_per_epoch"]
 
 
 def test_time_budget_reconciles_only_its_own_reason():

@@ -73,7 +73,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train (or continue the run's checkpoint) and leave the best weights in ``self.model``.
 
-        -> summary for train_info.json: epochs, best_epoch, best_valid_ndcg@10, epoch_s, wall_s,
+        -> summary for train_info.json: epochs, steps, steps_per_epoch, best_epoch, best_valid_ndcg@10, epoch_s, wall_s,
         peak_rss_mb, cuda_peak_mb, stopped (the stop reason's message, "" if none).
         """
         self._setup()
@@ -285,7 +285,9 @@ class Trainer:
     def _summary(self, state: TrainState) -> dict[str, Any]:
         epochs = len(state.history)
         best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
-        return {"best_epoch": state.best_epoch, "epochs": epochs, "best_valid_ndcg@10": state.best,
+        # a time budget's last epoch is partial yet counted in epochs: steps / steps_per_epoch says how much ran
+        return {"best_epoch": state.best_epoch, "epochs": epochs, "steps": state.global_step,
+                "steps_per_epoch": self.n_batches, "best_valid_ndcg@10": state.best,
                 "best_valid": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
                 "epoch_s": float(np.mean([h["epoch_s"] for h in state.history])) if epochs else 0.0,
                 "wall_s": state.elapsed, "peak_rss_mb": peak_rss_mb(),

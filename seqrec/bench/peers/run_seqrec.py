@@ -56,7 +56,9 @@ def main() -> None:
     out.write_parquet(f"{s['out']}/topk.parquet")
     info = rec.fit_info_
     with open(f"{s['out']}/result.json", "w") as f:
-        json.dump({"epochs": info.get("epochs"), "train_s": train_s, "eval_s": eval_s,
+        # epochs as the peers count them: a budget's partial last epoch as its fraction
+        json.dump({"epochs": info["steps"] / info["steps_per_epoch"], "steps": info["steps"], "train_s": train_s,
+                   "eval_s": eval_s,
                    "peer_metrics": {k: float(v) for k, v in own.items() if k in ("ndcg@10", "hr@10")},
                    "notes": "seqrec's own metric: SeqRec.evaluate on the test split", "fit": info}, f,
                   indent=1, default=str)
