@@ -95,6 +95,10 @@ def test_runner_past_its_memory_limit_is_a_measured_row(tmp_path):
     rec = run_runner(sys.executable, hog, {}, tmp_path / "h", timeout_s=60, threads=1, max_rss_mb=200)
     assert rec["error"].startswith("out of memory: its processes passed the 0.2 GB limit"), rec["error"]
     assert rec["wall_s"] < 20 and rec["peak_rss_mb"] > 200
+    forked = tmp_path / "forked.py"  # two processes sharing 300 MB hold 300 MB, not 600
+    forked.write_text("import os, time\nb = b'x' * (300 * 2**20)\nos.fork()\ntime.sleep(2)\n")
+    rec = run_runner(sys.executable, forked, {}, tmp_path / "f", timeout_s=60, threads=1, max_rss_mb=450)
+    assert rec["error"] == "the runner wrote no result.json / topk.parquet"
     killed = tmp_path / "killed.py"
     killed.write_text("import os, signal\nprint('last words')\nos.kill(os.getpid(), signal.SIGKILL)\n")
     rec = run_runner(sys.executable, killed, {}, tmp_path / "k", timeout_s=60, threads=1, max_rss_mb=10_000)

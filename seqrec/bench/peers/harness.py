@@ -96,13 +96,25 @@ def _wait(proc: subprocess.Popen, timeout_s: float, max_rss_mb: float | None) ->
 
 
 def group_rss_mb(pgid: int) -> float:
-    """Resident memory (MB) of every process in process group ``pgid`` (Linux ``/proc``; 0 elsewhere)."""
-    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    """Resident memory (MB) of process group ``pgid`` (Linux ``/proc``; 0 elsewhere): one process's
+    RSS, or for several the sum of their proportional shares (PSS: a page that forked workers share
+    with their parent is split between them, not counted once per process)."""
+    page, pids, total = os.sysconf("SC_PAGE_SIZE"), [], 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
         except (OSError, IndexError):  # the process ended meanwhile
             continue
         if int(fields[2]) == pgid:
+            pids.append(stat.parent)
             total += int(fields[21]) * page  # rss, in pages
-    return total / 2**20
+    if len(pids) < 2:
+        return total / 2**20
+    pss = 0
+    for proc in pids:
+        try:
+            pss += next(int(ln.split()[1]) for ln in (proc / "smaps_rollup").read_text().splitlines()
+                        if ln.startswith("Pss:")) * 1024
+        except (OSError, StopIteration):  # ended meanwhile, or a kernel without smaps_rollup
+            continue
+    return pss / 2**20
