@@ -242,3 +242,19 @@ def test_per_position_chunking_does_not_change_result():
 
     for a, b in zip(run(1e-3), run(64), strict=True):  # 1 KB -> one position per chunk
         torch.testing.assert_close(a, b)
+
+
+def test_full_ce_matches_autograd_cross_entropy():
+    """ce's one-buffer backward gives autograd's log_softmax + nll gradients (rows past one block)."""
+    from seqrec.losses.ce import ROWS, FullCE
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(ROWS + 37, 16, generator=g) * 3).requires_grad_()
+    w = torch.randn(90, 16, generator=g).requires_grad_()
+    y = torch.randint(0, 90, (ROWS + 37,), generator=g)
+    ours = FullCE()(x, y, w, None)
+    gx, gw = torch.autograd.grad(2.5 * ours, (x, w))
+    ref = F.cross_entropy(x @ w.T, y)
+    rx, rw = torch.autograd.grad(2.5 * ref, (x, w))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert torch.allclose(gx, rx, atol=1e-5) and torch.allclose(gw, rw, atol=1e-5)

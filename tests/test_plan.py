@@ -44,7 +44,7 @@ def test_sce_sized_with_the_training_capacity():
 def test_ce_chunked_fits_where_ce_does_not():
     ce = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce")
     ch = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce_chunked")
-    assert ce["loss"] > 100 * 2**30 and ch["loss"] < 2**30
+    assert ce["loss"] > 40 * 2**30 and ch["loss"] < 2**30  # one [12,800, 1M] float32 buffer: 51 GB
     assert ce["activations"] == ch["activations"]
 
 
