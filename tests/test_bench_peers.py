@@ -216,12 +216,15 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     assert json.loads((tmp_path / "c" / "results.json").read_text())[0]["ndcg@10"] != 0.123
     assert main(["bench", "peers", "--resume", "--libraries", "seqrec", "--out", str(tmp_path / "d")]) == 2
     assert "--work-dir" in capsys.readouterr().err
-    # --report runs nothing: the kept records, and a "not run" row for a budget never run
+    # --report runs nothing: the kept records (a failed one with its error), and a "not run" row for a
+    # budget never run
+    gbce.write_text(json.dumps({**json.loads(gbce.read_text()), "error": "out of memory: 1.0 GB"}))
     args[args.index("--budgets") + 1] = "1,2"
     assert main([*args, "--threads", "2", "--report", "--out", str(tmp_path / "e")]) == 0  # as the last run
     table = json.loads((tmp_path / "e" / "results.json").read_text())
     kept = json.loads((tmp_path / "c" / "results.json").read_text())
-    assert [r["budget_s"] for r in table] == [1] * 3 + [2] * 3 and table[:3] == kept
+    assert [r["budget_s"] for r in table] == [1] * 3 + [2] * 3 and table[:2] == kept[:2]
+    assert table[2] == {**kept[2], "error": "out of memory: 1.0 GB"}
     assert all(r["error"].startswith("not run") and r["ndcg@10"] is None for r in table[3:])
     assert not (tmp_path / "w" / "synthetic" / "2s").exists()
     assert main(["bench", "peers", "--report", "--out", str(tmp_path / "f")]) == 2

@@ -174,7 +174,7 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
     from seqrec.data import load_dataset
 
     data = load_dataset(dataset, data_dir=data_dir)
-    work = work_root / data.name
+    work = work_root / data.name.replace(":", "-")  # synthetic:ml-20m: no colon in a path (Windows)
     export_dir = None if report else export(data, work / "export")
     log(f"{data.name}: {data.n_users:,} users, {data.n_items:,} items; "
         + (f"records read from {work}" if report else f"split exported to {export_dir}"))
@@ -183,12 +183,13 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
     def one(item: tuple[int, tuple[str, str, str]]) -> dict[str, Any]:
         budget, case = item
         where = work / f"{budget}s" / "-".join(case)
-        done = _finished(where, case, budget, data.name, threads) if resume or report else None
+        # --report shows a failed case's record (its error is a result); --resume runs it again
+        done = _finished(where, case, budget, data.name, threads, failed_too=report) if resume or report else None
         if done is not None:
             log(f"[{data.name} {budget} s] {' '.join(case)}: kept from {where}")
             return done
         if report:
-            return {**_blank(case, budget, data.name, threads), "error": "not run (no finished record in --work-dir)"}
+            return {**_blank(case, budget, data.name, threads), "error": "not run (no record in --work-dir)"}
         log(f"[{data.name} {budget} s] {' '.join(case)} ...")
         rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log, max_rss_mb)
         # how crowded the machine was: cases measured under different load are not comparable
@@ -202,8 +203,10 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
         return list(pool.map(one, todo))
 
 
-def _finished(where: Path, case: tuple[str, str, str], budget: int, dataset: str, threads: int) -> dict | None:
-    """The record a previous run left in ``where`` for this case, or None (absent, failed or other settings)."""
+def _finished(where: Path, case: tuple[str, str, str], budget: int, dataset: str, threads: int,
+              failed_too: bool = False) -> dict | None:
+    """The record a previous run left in ``where`` for this case, or None (absent, other settings, or
+    failed unless ``failed_too``)."""
     import json
 
     try:
@@ -212,4 +215,4 @@ def _finished(where: Path, case: tuple[str, str, str], budget: int, dataset: str
         return None
     same = (rec.get("library"), rec.get("model"), rec.get("loss"), rec.get("budget_s"), rec.get("dataset"),
             rec.get("threads")) == (*case, budget, dataset, threads)
-    return rec if same and rec.get("error") is None else None
+    return rec if same and (failed_too or rec.get("error") is None) else None
