@@ -145,7 +145,7 @@ def measure(datasets: list[str], data_dir: str | None, budgets: list[int], libra
     ``resume`` a case whose record is there (same settings, no error) is read back instead of run
     again, so a long comparison continues where it stopped. ``report`` runs nothing: the records
     kept in ``work_dir``, and a row saying "not run" for each case without one. ``losses``: only
-    these losses (None: each library's all). ``max_rss_mb``: each case's memory limit (None:
+    these losses (None: each library's all but ``OPT_IN``). ``max_rss_mb``: each case's memory limit (None:
     ``default_max_rss_mb(jobs)``).
     """
     if (resume or report) and not work_dir:
