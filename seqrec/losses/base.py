@@ -116,3 +116,11 @@ def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"loss.{key} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: the autocast dtype when autocast is on for this device, else the inputs'."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(x.dtype, w.dtype)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from seqrec.losses.base import Loss, LossContext
-from seqrec.losses.ce_chunked import _compute_dtype
+from seqrec.losses.base import Loss, LossContext, compute_dtype
 
 ROWS = 256  # rows per block of the log-sum-exp: its temporaries are [ROWS, C], not [N, C]
 
@@ -48,7 +47,7 @@ class FullCE(Loss):
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, item_emb: torch.Tensor,
                 ctx: LossContext) -> torch.Tensor:
-        return _FullCE.apply(hidden, item_emb, targets, _compute_dtype(hidden, item_emb))
+        return _FullCE.apply(hidden, item_emb, targets, compute_dtype(hidden, item_emb))
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         # the float32 logits, turned into the gradient in place; below float32 also the matmul's own

@@ -17,16 +17,7 @@ from typing import Any, Literal
 
 import torch
 
-from seqrec.losses.base import Loss, LossContext, check_choice, check_number, check_size
-
-
-def _compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
-    """The matmul dtype: the autocast dtype when autocast is on for this device, else the inputs'."""
-    dev = x.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return torch.promote_types(x.dtype, w.dtype)
-
+from seqrec.losses.base import Loss, LossContext, check_choice, check_number, check_size, compute_dtype
 
 # work-buffer budget of memory_budget_mb="auto", by device type (see ChunkedCE)
 AUTO_BUDGET_MB = {"cpu": 32.0, "cuda": 512.0}
@@ -134,7 +125,7 @@ class ChunkedCE(Loss):
             if fused is not None:
                 return fused
         chunk = self.resolve_chunk(hidden.shape[0], item_emb.shape[0], hidden.device.type)
-        cdtype = _compute_dtype(hidden, item_emb)
+        cdtype = compute_dtype(hidden, item_emb)
         return _ChunkedCE.apply(hidden, item_emb, targets, chunk, cdtype)
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
