@@ -193,11 +193,12 @@ def test_setup_reuses_a_ready_environment_and_reinstalls_on_changed_pins(tmp_pat
 def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     from seqrec.cli import main
 
+    # two of seqrec's losses: each case is a subprocess of several seconds, and two show what a third would
     args = ["bench", "peers", "--dataset", "synthetic", "--budgets", "1", "--libraries", "seqrec",
-            "--work-dir", str(tmp_path / "w")]
+            "--losses", "ce,gbce", "--work-dir", str(tmp_path / "w")]
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert [r["loss"] for r in first] == ["ce", "sce", "gbce"] and all(r["error"] is None for r in first)
+    assert [r["loss"] for r in first] == ["ce", "gbce"] and all(r["error"] is None for r in first)
     assert all(r["jobs"] == 2 for r in first)
     ce = tmp_path / "w" / "synthetic" / "1s" / "seqrec-sasrec-ce" / "record.json"
     marked = {**json.loads(ce.read_text()), "ndcg@10": 0.123}  # a kept record is read, not re-run
@@ -208,8 +209,8 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     assert main([*args, "--resume", "--out", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     again = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert again[0]["ndcg@10"] == 0.123 and again[1] == first[1]
-    assert again[2]["error"] is None and "sasrec gbce: kept" not in err and "sasrec ce: kept" in err
+    assert again[0]["ndcg@10"] == 0.123
+    assert again[1]["error"] is None and "sasrec gbce: kept" not in err and "sasrec ce: kept" in err
     command = (tmp_path / "b" / "table.md").read_text().split("`")[1]
     assert " --resume " in command and "True" not in command  # a flag is shown as given
     assert main([*args, "--threads", "2", "--resume", "--out", str(tmp_path / "c")]) == 0  # other settings: re-run
@@ -223,9 +224,9 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     assert main([*args, "--threads", "2", "--report", "--out", str(tmp_path / "e")]) == 0  # as the last run
     table = json.loads((tmp_path / "e" / "results.json").read_text())
     kept = json.loads((tmp_path / "c" / "results.json").read_text())
-    assert [r["budget_s"] for r in table] == [1] * 3 + [2] * 3 and table[:2] == kept[:2]
-    assert table[2] == {**kept[2], "error": "out of memory: 1.0 GB"}
-    assert all(r["error"].startswith("not run") and r["ndcg@10"] is None for r in table[3:])
+    assert [r["budget_s"] for r in table] == [1] * 2 + [2] * 2 and table[0] == kept[0]
+    assert table[1] == {**kept[1], "error": "out of memory: 1.0 GB"}
+    assert all(r["error"].startswith("not run") and r["ndcg@10"] is None for r in table[2:])
     assert not (tmp_path / "w" / "synthetic" / "2s").exists()
     assert main(["bench", "peers", "--report", "--out", str(tmp_path / "f")]) == 2
     assert main(["bench", "peers", "--report", "--work-dir", str(tmp_path / "typo"), "--out", str(tmp_path / "f")]) == 2
