@@ -199,7 +199,7 @@ def test_resume_keeps_finished_cases_and_jobs_run_together(tmp_path, capsys):
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "results.json").read_text())
     assert [r["loss"] for r in first] == ["ce", "gbce"] and all(r["error"] is None for r in first)
-    assert all(r["jobs"] == 2 for r in first)
+    assert all(r["jobs"] == 2 and r["cpu"] for r in first)
     ce = tmp_path / "w" / "synthetic" / "1s" / "seqrec-sasrec-ce" / "record.json"
     marked = {**json.loads(ce.read_text()), "ndcg@10": 0.123}  # a kept record is read, not re-run
     ce.write_text(json.dumps(marked))

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from seqrec.bench.common import source_version
+from seqrec.bench.common import cpu_name, source_version
 from seqrec.bench.peers import envs
 from seqrec.errors import ConfigError, SeqrecError
 from seqrec.io import write_json
@@ -192,8 +192,10 @@ def _measure_one(dataset: str, data_dir: str | None, budgets: list[int], librari
             return {**_blank(case, budget, data.name, threads), "error": "not run (no record in --work-dir)"}
         log(f"[{data.name} {budget} s] {' '.join(case)} ...")
         rec = run_case(case, budget, data, export_dir, where, threads, cache_dir, install, log, max_rss_mb)
-        # how crowded the machine was: cases measured under different load are not comparable
-        rec.update(jobs=jobs, load_avg_5min=round(os.getloadavg()[1], 2), seqrec_code=source_version())
+        # how crowded the machine was, and which one: a table kept across sessions mixes machines, and
+        # a --report's header names only the machine that assembled it
+        rec.update(jobs=jobs, load_avg_5min=round(os.getloadavg()[1], 2), seqrec_code=source_version(),
+                   cpu=cpu_name())
         write_json(where / "record.json", rec)
         shown = f"NDCG@10 {rec['ndcg@10']:.4f}" if rec["ndcg@10"] is not None else f"error: {rec['error']}"
         log(f"[{data.name} {budget} s] {' '.join(case)}: {shown}")
