@@ -85,9 +85,13 @@ def test_checkpoint_for_other_data_is_refused(tiny_overrides, tmp_path):
 
 
 def _fit_cmd(out, *extra):
+    return [sys.executable, "-m", "seqrec.cli", *_fit_args(out, *extra)]
+
+
+def _fit_args(out, *extra):
     tiny = ('data.options={"synthetic": {"n_users": 400, "n_items": 60, "n_clusters": 4, "mean_len": 20.0,'
             ' "max_len": 40}}')
-    return [sys.executable, "-m", "seqrec.cli", "fit", "--out", str(out), "--no-baseline", "--set", tiny,
+    return ["fit", "--out", str(out), "--no-baseline", "--set", tiny,
             "--set", "model.d=16", "--set", "model.max_len=30", "--set", "train.epochs=3",
             "--set", "train.batch_size=16", "--set", "train.checkpoint_every_steps=3",
             "--set", "train.max_time_s=null", "--set", "train.num_threads=1", *extra]
@@ -139,7 +143,7 @@ def test_resume_with_a_larger_budget_extends_a_finished_run(tmp_path, capsys):
 
     run = tmp_path / "r"
     # in process: four interpreter start-ups cost more than the tiny runs themselves
-    assert main(_fit_cmd(run, "--set", "train.epochs=1")[3:]) == 0
+    assert main(_fit_args(run, "--set", "train.epochs=1")) == 0
     capsys.readouterr()
     assert main(["fit", "--resume", str(run)]) == 0
     assert "already finished" in capsys.readouterr().out
