@@ -285,3 +285,23 @@ def test_two_part_backward_gives_autograd_gradients(name, loss):
     assert grads[0].keys() == grads[1].keys() and not grads[1]["item_emb.weight"].is_sparse
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k].to_dense(), rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_mask_rate_scale_and_seed():
+    """The CPU dropout's masks: the kept share is 1 - p, kept entries are scaled by 1 / (1 - p), the
+    masks follow torch's seed (so runs and resumes repeat), eval and p = 0 are the identity, and the
+    gradient goes through the same mask."""
+    from seqrec.models.dropout import Dropout
+
+    drop = Dropout(0.2)
+    x = torch.ones(400, 500, requires_grad=True)
+    torch.manual_seed(7)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.8) < 0.005 and torch.allclose(y[y != 0], torch.tensor(1.25))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    torch.manual_seed(7)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the next draw is another mask
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x

@@ -41,10 +41,12 @@ def test_sce_sized_with_the_training_capacity():
     assert mem["loss"] != sce.predict_bytes(1_000, 100_000, 64, 4) - emb_grad
 
 
-def test_ce_chunked_fits_where_ce_does_not():
+def test_exact_ce_fits_a_million_items():
+    # neither exact CE holds the [12,800, 1M] float32 logits (51 GB): ce one block of positions at
+    # a time, ce_chunked one chunk of items
     ce = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce")
     ch = predict_memory(1_000_000, 64, 200, 64, 2, 1, "ce_chunked")
-    assert ce["loss"] > 40 * 2**30 and ch["loss"] < 2**30  # one [12,800, 1M] float32 buffer: 51 GB
+    assert ce["loss"] < 2**30 and ch["loss"] < 2**30
     assert ce["activations"] == ch["activations"]
 
 
