@@ -72,8 +72,8 @@ def check_fits(cfg: Any, model: Any, batch_size: int, n_items: int, device: torc
         b //= 2
     if b < batch_size and (predicted_step(cfg, model, b, n_items) or 0) <= free:
         ways.append(f"train.batch_size={b} (predicted {fmt_bytes(predicted_step(cfg, model, b, n_items))})")
-    if cfg.loss.name == "ce":
-        chunked = predicted_step(cfg, model, batch_size, n_items, loss="ce_chunked")
+    chunked = predicted_step(cfg, model, batch_size, n_items, loss="ce_chunked") if cfg.loss.name == "ce" else None
+    if chunked is not None and chunked < need:  # ce's blocks of positions can outgrow its chunks of items
         ways.append(f"--loss ce_chunked, the same exact CE (predicted {fmt_bytes(chunked)})")
     if cfg.loss.name not in ("sce", "rece"):
         ways.append("--loss sce")
