@@ -93,9 +93,10 @@ class FullCE(Loss):
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         rows = block_rows(n, c)  # CPU blocks (like `seqrec plan`); CUDA's are larger
-        # the logits block (and its float32 copy below float32); dX [N, d] and its cast, dW [C, d]
-        # float32 and its cast; the [N] losses; below float32 the casts of X and W
+        # the logits block (and its float32 copy below float32); dX [N, d] and dW [C, d] in float32
+        # (dW becomes the table's gradient as it is); the [N] losses; below float32 the casts of X and
+        # W to it and of the gradients back; allocator/autograd bookkeeping (4 MiB, as ce_chunked)
         blocks = rows * c * (dtype_bytes + (4 if dtype_bytes < 4 else 0))
-        grads = n * d * (dtype_bytes + 4) + c * d * (4 + dtype_bytes) + 4 * n
-        casts = (n + c) * d * dtype_bytes if dtype_bytes < 4 else 0
-        return blocks + grads + casts
+        grads = (n + c) * d * 4 + 4 * n
+        casts = 2 * (n + c) * d * dtype_bytes if dtype_bytes < 4 else 0
+        return blocks + grads + casts + 4 * 2**20
