@@ -628,9 +628,9 @@ def test_trim_heap_returns_freed_pages_to_the_os(tmp_path):
 def test_a_step_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch):
     from seqrec.training import memory
 
-    monkeypatch.setattr(memory, "available_bytes", lambda device: (2**20, "available RAM"))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: (6 * 2**20, "available RAM"))
     rc, _, err = cli("fit", "--out", tmp_path / "r", *FAST, "--set", "train.batch_size=100000000")
-    one_line_error(rc, err, "one training step needs about", "but only 1.0 MB of available RAM is free",
+    one_line_error(rc, err, "one training step needs about", "but only 6.0 MB of available RAM is free",
                    "train.batch_size=", "--loss sce", "--force")
     assert "is more than the" in err  # the batch was clamped to the training sequences first, with a note
     assert not (tmp_path / "r").exists()
