@@ -17,7 +17,8 @@ from torch import nn
 
 from seqrec.errors import ConfigError
 from seqrec.models.base import Encoder, Float, Int, check_int, check_prob
-from seqrec.models.dropout import Dropout, dropout
+from seqrec.models.dropout import Dropout
+from seqrec.models.dropout import dropout as masked_dropout
 from seqrec.models.table import ItemTable
 
 Layout = Literal["pre_ln", "sasrec"]
@@ -63,9 +64,9 @@ class Block(nn.Module):
         p = self.p if self.training else 0.0
         if p > 0.0 and q.device.type == "cpu":
             # SDPA's own maths, with the attention dropout's mask from seqrec.models.dropout (SDPA's
-            # CPU dropout is bernoulli_: ~10 ms per [128, 1, 200, 200] mask)
+            # CPU dropout draws its mask with torch's slow bernoulli_)
             s = (q @ k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5).masked_fill_(~mask, float("-inf"))
-            y = dropout(s.softmax(-1), p, True) @ v
+            y = masked_dropout(s.softmax(-1), p, True) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, L, d)))
