@@ -258,7 +258,7 @@ def test_ivf_clusters_the_l2_reduction_of_inner_product(tmp_path):
     the top 10 where cells clustered by inner product (the earlier index) recall 0.76."""
     from seqrec.retrieval.faiss_ivf import mips_to_l2
 
-    emb, q = varied_norms(20_000, 0), varied_norms(300, 1)
+    emb, q = varied_norms(20_000, 0), varied_norms(1_200, 1)  # on 2 threads: its cells in two shares
     red = mips_to_l2(emb)
     np.testing.assert_allclose(np.linalg.norm(red, axis=1), np.linalg.norm(emb, axis=1).max(), rtol=1e-5)
     _, ref = exact_topk(torch.from_numpy(emb), torch.from_numpy(q), K)
@@ -272,10 +272,12 @@ def test_ivf_clusters_the_l2_reduction_of_inner_product(tmp_path):
     want_d, want_i = r._index.quantizer.search(qa, 16)
     np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-3)
     assert (np.sort(ids, 1) == np.sort(want_i, 1)).mean() > 0.99  # near-ties may swap the last cell
-    # the grouped scan (each cell times all its queries) returns faiss's own IVF search, on 1 and 2 threads
+    # the grouped scan (each cell times all its queries) returns faiss's own IVF search, on 1 and 2
+    # threads (2: each share of the queries on a thread of its own; the settings come back after)
     for threads in (1, 2):
         with torch_threads(threads):
             s, ids = r.search(q, K)
+            assert torch.get_num_threads() == threads and faiss.omp_get_max_threads() == threads
         want_i = r._index.search(qa, K)[1]
         assert (np.sort(ids, 1) == np.sort(want_i, 1)).mean() > 0.99
         np.testing.assert_allclose(s, np.take_along_axis(q @ emb.T, ids, 1), rtol=1e-5, atol=1e-4)

@@ -5,12 +5,18 @@ each query's top k). Filtering, GPU placement and save/load come from ``FaissRet
 
 from __future__ import annotations
 
+import builtins
+import functools
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 import torch
 
 from seqrec.errors import ConfigError
@@ -20,6 +26,7 @@ from seqrec.retrieval.tune import DEFAULTS as TUNING
 from seqrec.retrieval.tune import Tunable
 
 SCAN_BYTES = 128 * 2**20  # the grouped scan: queries gathered per (query, cell) pair in one batch
+SHARE_PAIRS = 4096  # the fewest (query, cell) pairs worth a scan thread of their own
 
 
 class FaissIVFRetriever(Tunable, FaissRetriever):
@@ -142,30 +149,48 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         faiss's own scan reads a cell's vectors once per query that probes it (~40 ns a vector at
         d 64, memory-bound); here each probed cell meets all of its queries in one GEMM and faiss's
         heaps keep every query's best k (1M clustered items: ~3x the queries/s at the same recall,
-        docs/benchmarks.md). The loop runs on one thread: Python threads over the cells ran no
-        faster (the small GEMMs oversubscribe MKL, faiss's heaps keep the GIL); the cells' GEMM
-        uses every thread."""
+        docs/benchmarks.md). With torch set to T > 1 threads, T Python threads rank the cells of a
+        share of the queries, then scan a share of the cells with heaps of their own, merged at the
+        end. The cells' GEMMs are numpy's on one BLAS thread: small torch products run no faster
+        on two Python threads than on one, numpy's (OpenBLAS or MKL, which release the GIL) do."""
         step = max(1, SCAN_BYTES // (4 * qa.shape[1] * min(int(self._index.nprobe), self._index.nlist)))
         if len(qa) > step:
             parts = [self._scan(qa[r0:r0 + step], k) for r0 in range(0, len(qa), step)]
             return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+        lay = self._layout()  # built here, before any thread reads it
+        n = max(1, min(torch.get_num_threads(), len(qa) * int(self._index.nprobe) // SHARE_PAIRS))
+        with _threads(self._faiss, n) as pool:
+            cells = np.concatenate(list(pool.map(lambda part: self._cells(part)[0], np.array_split(qa, n))))
+            m, p = cells.shape
+            flat = cells.reshape(-1)
+            rows = np.argsort(flat, kind="stable") // p  # the query of each (query, cell) pair, by cell
+            qp = qa[rows]  # [m p, d + 1], same order
+            count = np.bincount(flat, minlength=len(lay.sizes))
+            start = np.concatenate([[0], np.cumsum(count)]).tolist()
+            todo = np.flatnonzero((count > 0) & (lay.sizes > 0))
+            work = np.cumsum(count[todo] * lay.sizes[todo])
+            shares = np.split(todo, np.searchsorted(work, work[-1] * np.arange(1, n) / n)) if len(todo) else [todo]
+            parts = list(pool.map(lambda share: self._scan_cells(share, qp, rows, start, m, k), shares))
+        if len(parts) == 1:
+            return parts[0]
+        # each query's best k of the shares' k each
+        top = torch.topk(torch.from_numpy(np.concatenate([d for d, _ in parts], 1)), k, dim=1)
+        ids = np.take_along_axis(np.concatenate([i for _, i in parts], 1), top.indices.numpy(), 1)
+        return top.values.numpy(), ids
+
+    def _scan_cells(self, todo: np.ndarray, qp: np.ndarray, rows: np.ndarray, start: list[int], m: int,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best k of the cells ``todo`` for each of m queries: cell c's queries are rows[a:b], their
+        vectors qp[a:b], a, b = start[c], start[c + 1]."""
         faiss, lay = self._faiss, self._layout()
-        cells = self._cells(qa)[0]
-        m, p = cells.shape
-        flat = cells.reshape(-1)
-        rows = np.argsort(flat, kind="stable") // p  # the query of each (query, cell) pair, by cell
-        qp = torch.from_numpy(qa).index_select(0, torch.from_numpy(rows))  # [m p, d + 1], same order
-        count = np.bincount(flat, minlength=len(lay.sizes))
-        start = np.concatenate([[0], np.cumsum(count)]).tolist()
         heap = faiss.ResultHeap(m, k, keep_max=True)
-        todo = np.flatnonzero((count > 0) & (lay.sizes > 0))
-        buf = torch.empty(int((count[todo] * lay.sizes[todo]).max(initial=0)))
+        buf = np.empty(int((np.diff(start)[todo] * lay.sizes[todo]).max(initial=0)), np.float32)
         for c in todo.tolist():
             a, b = start[c], start[c + 1]
-            s = buf[:(b - a) * len(lay.ids[c])].view(b - a, -1)
-            torch.mm(qp[a:b], lay.vectors[c].T, out=s)  # [queries, items] of cell c
-            heap.heaps.addn_query_subset_with_ids(b - a, faiss.swig_ptr(rows[a:b]), s.shape[1],
-                                                  faiss.swig_ptr(s.numpy()), faiss.swig_ptr(lay.ids[c]), 0)
+            s = buf[:(b - a) * len(lay.ids[c])].reshape(b - a, -1)
+            np.matmul(qp[a:b], lay.vectors[c].T, out=s)  # [queries, items] of cell c
+            heap.heaps.addn_query_subset_with_ids(b - a, faiss.swig_ptr(rows[a:b]), s.shape[1], faiss.swig_ptr(s),
+                                                  faiss.swig_ptr(lay.ids[c]), 0)
         heap.finalize()
         return heap.D, heap.I
 
@@ -181,9 +206,34 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
         return index.reconstruct_n(0, self.n_items)[:, : self.dim]
 
 
+@contextmanager
+def _threads(faiss: ModuleType, n: int) -> Iterator[Any]:
+    """Something with ``map``: n Python threads (the builtin ``map`` in this thread for n = 1), torch,
+    faiss and the BLAS on one thread each meanwhile (threads started inside inherit it)."""
+    torch_n, faiss_n = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    try:
+        with _blas().limit(limits=1, user_api="blas"):
+            if n == 1:
+                yield builtins
+            else:
+                with ThreadPoolExecutor(n) as pool:
+                    yield pool
+    finally:
+        torch.set_num_threads(torch_n)
+        faiss.omp_set_num_threads(faiss_n)
+
+
+@functools.cache
+def _blas() -> threadpoolctl.ThreadpoolController:
+    """The BLAS libraries loaded (found once: looking them up takes milliseconds)."""
+    return threadpoolctl.ThreadpoolController()
+
+
 class _Layout:
     """A CPU ``IndexIVFFlat``'s centroids ``c`` [nlist, d'] with their squared norms ``c2``, and
-    per cell its ``ids`` int64 [n] and ``vectors`` float32 [n, d'], torch views of the index's own
+    per cell its ``ids`` int64 [n] and ``vectors`` float32 [n, d'], numpy views of the index's own
     inverted lists (no copy; ``scannable`` False when they are not in memory, e.g. on-disk lists)."""
 
     def __init__(self, faiss: ModuleType, index: Any) -> None:
@@ -194,7 +244,7 @@ class _Layout:
         inv = faiss.downcast_InvertedLists(index.invlists)
         self.sizes = np.array([inv.list_size(c) for c in range(index.nlist)], dtype=np.int64)
         self.ids: list[np.ndarray] = []
-        self.vectors: list[torch.Tensor] = []
+        self.vectors: list[np.ndarray] = []
         self.scannable = isinstance(inv, faiss.ArrayInvertedLists)
         if not self.scannable:
             return
@@ -206,7 +256,7 @@ class _Layout:
             else:
                 codes = np.zeros(0, np.uint8)
             self.ids.append(ids)
-            self.vectors.append(torch.from_numpy(codes.view(np.float32).reshape(n, index.d)))
+            self.vectors.append(codes.view(np.float32).reshape(n, index.d))
 
 
 def _norm2(v: np.ndarray) -> float:
