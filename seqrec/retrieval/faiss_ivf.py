@@ -209,7 +209,8 @@ class FaissIVFRetriever(Tunable, FaissRetriever):
 @contextmanager
 def _threads(faiss: ModuleType, n: int) -> Iterator[Any]:
     """Something with ``map``: n Python threads (the builtin ``map`` in this thread for n = 1), torch,
-    faiss and the BLAS on one thread each meanwhile (threads started inside inherit it)."""
+    faiss and the BLAS on one thread each meanwhile (threads started inside inherit it). The settings
+    are process-wide: torch work another Python thread does meanwhile also runs on one thread."""
     torch_n, faiss_n = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
