@@ -273,7 +273,7 @@ def test_ivf_clusters_the_l2_reduction_of_inner_product(tmp_path):
     np.testing.assert_allclose(dist, want_d, rtol=1e-4, atol=1e-3)
     assert (np.sort(ids, 1) == np.sort(want_i, 1)).mean() > 0.99  # near-ties may swap the last cell
     # the grouped scan (each cell times all its queries) returns faiss's own IVF search, on 1 and 2
-    # threads (2: each share of the queries on a thread of its own; the settings come back after)
+    # threads (2: the cells ranked and scanned in two shares, a thread each; the settings come back after)
     for threads in (1, 2):
         with torch_threads(threads):
             s, ids = r.search(q, K)
