@@ -12,7 +12,7 @@ def time_to_quality(records: list[dict[str, Any]]) -> Figure:
     evaluator) reached at each budget, against the training seconds actually used; failed cases
     are left out."""
     datasets = sorted({str(r.get("dataset")) for r in records}) or ["(none)"]
-    fig = Figure(figsize=(7.5 * len(datasets), 4.5))
+    fig = Figure(figsize=(9.5 * len(datasets), 4.5), layout="constrained")
     for ax, name in zip(fig.subplots(1, len(datasets), squeeze=False)[0], datasets, strict=True):
         _panel(ax, [r for r in records if str(r.get("dataset")) == name], name)
     return fig
@@ -25,13 +25,19 @@ def _panel(ax: Any, records: list[dict[str, Any]], dataset: str) -> None:
             continue
         key = f"{r['library']} {r['model']} {r['loss']}"
         lines.setdefault(key, []).append((float(r["train_s"]), float(r["ndcg@10"])))
+    # a colour per library, a line style per loss, a marker per model: ten default colours were
+    # too few for a line each
+    libs = sorted({key.split()[0] for key in lines})
+    styles = {"ce": "-", "sce": "--", "gbce": ":"}
     for key, pts in sorted(lines.items()):
+        lib, model, loss = key.split()
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{libs.index(lib) % 10}",
+                linestyle=styles.get(loss, "-."), marker="^" if model == "bert4rec" else "o", label=key)
     if not lines:
         ax.text(0.5, 0.5, "no successful case", ha="center", va="center", transform=ax.transAxes)
     else:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlabel("training wall time (s)")
     ax.set_ylabel("test NDCG@10 (seqrec's evaluator)")
     ax.set_title(f"Time to quality: {dataset}")
