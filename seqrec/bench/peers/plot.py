@@ -19,21 +19,21 @@ def time_to_quality(records: list[dict[str, Any]]) -> Figure:
 
 
 def _panel(ax: Any, records: list[dict[str, Any]], dataset: str) -> None:
-    lines: dict[str, list[tuple[float, float]]] = {}
+    lines: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     for r in records:
         if r.get("ndcg@10") is None or r.get("train_s") is None:
             continue
-        key = f"{r['library']} {r['model']} {r['loss']}"
+        key = (str(r["library"]), str(r["model"]), str(r["loss"]))
         lines.setdefault(key, []).append((float(r["train_s"]), float(r["ndcg@10"])))
     # a colour per library, a line style per loss, a marker per model: ten default colours were
     # too few for a line each
-    libs = sorted({key.split()[0] for key in lines})
+    libs = sorted({lib for lib, _, _ in lines})
     styles = {"ce": "-", "sce": "--", "gbce": ":"}
-    for key, pts in sorted(lines.items()):
-        lib, model, loss = key.split()
+    for (lib, model, loss), pts in sorted(lines.items()):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{libs.index(lib) % 10}",
-                linestyle=styles.get(loss, "-."), marker="^" if model == "bert4rec" else "o", label=key)
+                linestyle=styles.get(loss, "-."), marker="^" if model == "bert4rec" else "o",
+                label=f"{lib} {model} {loss}")
     if not lines:
         ax.text(0.5, 0.5, "no successful case", ha="center", va="center", transform=ax.transAxes)
     else:
