@@ -12,7 +12,7 @@ from seqrec.errors import ConfigError
 from seqrec.losses import LossContext, kernels, sce_variants
 from seqrec.losses.kernels import topk_rows_chunked
 from seqrec.losses.rece import rece_hash
-from seqrec.losses.sce import sce_select
+from seqrec.losses.sce import scan_stride, sce_select
 from seqrec.registry import LOSSES
 
 
@@ -194,6 +194,39 @@ def test_sce_selection_is_valid():
     assert int(idx_y.min()) >= 0 and int(idx_y.max()) < 40 and int(idx_x.max()) < 15
     for row in torch.cat([idx_x, idx_y], 1).split([5, 9], 1):  # no repeats inside a bucket
         assert all(len(set(r.tolist())) == len(r) for r in row)
+
+
+def test_sce_scan_items_picks_from_one_share_of_the_catalog():
+    """scan_items < C: a step's items come from the rows offset mod s only, and are the exact top-k
+    of that share (the strided view gives what a copy of the share gives)."""
+    x, w, y = _inputs(n=30, c=200, d=6)
+    s = scan_stride(200, 50, 9)
+    assert s == 4
+    offsets = set()
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        idx_x, idx_y = sce_select(x, w, 6, 5, 9, True, g, stride=s)
+        off = int(idx_y[0, 0]) % s
+        offsets.add(off)
+        assert bool((idx_y % s == off).all())
+        g = torch.Generator().manual_seed(seed)
+        omega = kernels.bucket_centres(x.detach(), 6, True, g)
+        share = w.detach()[off::s].contiguous()
+        assert torch.equal(idx_y, topk_rows_chunked(omega, share, 9) * s + off)
+    assert len(offsets) > 1  # the share changes from step to step
+    loss = LOSSES.build("sce", n_buckets=6, bucket_size_x=5, bucket_size_y=9, scan_items=50)
+    value = loss(x, y, w, _ctx())
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(w.grad).all()
+
+
+def test_sce_scan_items_rule():
+    assert scan_stride(1_000_000, None, 256) == 1  # "all"
+    assert scan_stride(100_000, 262_144, 256) == 1  # a catalog within scan_items: every item
+    assert scan_stride(1_000_000, 262_144, 256) == 4
+    assert scan_stride(1_000, 100, 256) == 3  # the share keeps k items: s <= C // k
+    assert LOSSES.build("sce").scan_items == "all"  # the authors' method by default
+    assert LOSSES.build("sce", scan_items="5000").scan_items == 5000
 
 
 @pytest.mark.parametrize("chunk,merge_every", [(1, 1), (4, 2), (7, 8), (100, 8), (3, 1)])
@@ -389,7 +422,8 @@ def test_predict_bytes_is_sublinear(name, params):
 
 @pytest.mark.parametrize("name,bad", [("sce", {"n_buckets": 0}), ("sce", {"bucket_size_y": "many"}),
                                       ("sce", {"mix_x": "sometimes"}), ("sce", {"cover": "maybe"}),
-                                      ("sce", {"union": 2}),
+                                      ("sce", {"union": 2}), ("sce", {"scan_items": 0}),
+                                      ("sce", {"scan_items": "some"}),
                                       ("rece", {"rounds": 0}),
                                       ("rece", {"n_extra_chunks": -1}), ("rece", {"n_buckets": 2.5})])
 def test_bad_parameters_raise_config_error(name, bad):

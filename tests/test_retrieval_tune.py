@@ -9,7 +9,7 @@ import torch
 from seqrec.errors import ConfigError, SeqrecWarning
 from seqrec.retrieval import build_retriever, load_retriever, recall_at_k
 from seqrec.retrieval.exact import exact_topk
-from seqrec.retrieval.tune import recall_lower_bound
+from seqrec.retrieval.tune import MIN_SPEEDUP, recall_lower_bound
 
 faiss = pytest.importorskip("faiss")
 APPROX = ["faiss-ivf", "faiss-hnsw"]
@@ -44,7 +44,7 @@ def test_tuning_meets_target_on_given_queries(catalog, backend):
         return
     recall = recall_at_k(r.search(tune_q, 10)[1], exact_ids(items, tune_q))  # measured independently
     assert recall >= target and t["recall"] == pytest.approx(recall, abs=1e-4)
-    assert t["speedup"] > 1 and t["qps"] > t["exact_qps"]
+    assert t["speedup"] >= MIN_SPEEDUP
     # the smallest meeting value among those tried: the next smaller one tried misses the target
     # (its mean recall minus 2 standard errors, re-measured here)
     lower = [v for v, _, _ in t["trials"] if v < t["value"]]
@@ -77,7 +77,7 @@ def test_fallback_to_exact_with_warning(backend, why, monkeypatch):
     items = clustered(2000, 0)
     q = clustered(50, 1)
     msg = "" if why == "slower" else r"\((nprobe|ef_search) up to \d+ reaches 0.500"
-    with pytest.warns(SeqrecWarning, match=f"not reached faster than exact search {msg}.*searching exactly"):
+    with pytest.warns(SeqrecWarning, match=f"not reached at 2x exact search's speed or more {msg}.*searching exactly"):
         r = build_retriever(backend).build(items, queries=q)
     assert r.params["exact_fallback"] and r.tuning["exact_fallback"]
     np.testing.assert_array_equal(r.search(q, 10)[1], exact_ids(items, q))

@@ -14,6 +14,9 @@ Beyond the reference implementation (same value and gradients):
   dense [C, d] buffer. Backward recomputes logits only for the rows that won the max (each
   bucket's winners first, padded to the bucket with most), not for all n_b * k_x bucket rows.
 
+Option ``scan_items`` (ours, off by default, an approximation): a step's item selection scores one
+random share of the catalog instead of all of it (docs/losses.md, "scan_items").
+
 Options ``cover`` and ``union`` (ours, off by default) live in ``sce_variants.py``.
 """
 
@@ -25,7 +28,7 @@ from typing import Literal
 import torch
 
 from seqrec.losses import sce_variants
-from seqrec.losses.base import Loss, LossContext, check_bool, check_size
+from seqrec.losses.base import Loss, LossContext, check_bool, check_int, check_size
 from seqrec.losses.kernels import (
     L2_ELEMS,
     add_positive_grad,
@@ -40,10 +43,18 @@ from seqrec.losses.kernels import (
 )
 
 
+def scan_stride(n_items: int, scan_items: int | None, k: int) -> int:
+    """s of the share i = offset mod s that the selection scores: ceil(C / scan_items), at most
+    C // k so the share holds k items; 1 (all items) for ``scan_items`` None."""
+    if scan_items is None or n_items <= scan_items:
+        return 1
+    return max(1, min(-(-n_items // scan_items), n_items // max(k, 1)))
+
+
 @torch.no_grad()
 def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, bucket_size_x: int,
                bucket_size_y: int, mix_x: bool, generator: torch.Generator | None = None,
-               cover: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               cover: bool = False, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Bucket membership: (idx_x [n_b, k_x] positions, idx_y [n_b, k_y] items), both int64.
 
     Omega is Gaussian [n_b, d], or with ``mix_x`` random Gaussian mixtures of the batch's hidden
@@ -51,12 +62,18 @@ def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, buc
     avoids "bucket collapse" (all buckets picking the same few items). Selection runs in float32
     with autocast off: it is cheap next to the scoring and exact ranking matters more.
     ``cover``: extra buckets for the positions no bucket picked (``sce_variants.cover_buckets``).
+    ``stride`` s > 1: items are picked from the share i = offset mod s only (a random offset drawn
+    from ``generator``), a strided view of the table: no copy.
     """
     with torch.autocast(hidden.device.type, enabled=False):
         x, w = hidden.detach().float(), item_emb.detach()
         omega = bucket_centres(x, n_buckets, mix_x, generator)
         idx_x = topk_rows_chunked(omega, x, bucket_size_x)
-        idx_y = topk_rows_chunked(omega, w, bucket_size_y)
+        if stride > 1:
+            off = int(torch.randint(stride, (1,), generator=generator, device=x.device))
+            idx_y = topk_rows_chunked(omega, w[off::stride], bucket_size_y) * stride + off
+        else:
+            idx_y = topk_rows_chunked(omega, w, bucket_size_y)
         if cover:
             return sce_variants.cover_buckets(x, w, idx_x, idx_y, n_buckets, mix_x, generator)
     return idx_x, idx_y
@@ -142,17 +159,24 @@ class SCE(Loss):
         union of its buckets' items (each item once, via RECE's log-count correction) instead of
         the single bucket with the largest loss. Cost: backward scores every bucket row, not only
         the winners, and the copy counts are a [k_x, n_b] @ [n_b, k_y] matmul per bucket.
+    scan_items : int or "all"
+        Ours, beyond the paper; "all" is the authors' method. At most this many items are scored
+        by a step's item selection: the rows i = offset mod s, s = ceil(C / scan_items), a random
+        offset each step. Cheaper selection on huge catalogs, at a cost in quality per step: at a
+        million items, ``scan_items=262144`` trained an epoch 1.55x faster and reached 0.90x the
+        exact selection's test NDCG@10 after it (docs/losses.md).
     """
 
     def __init__(self, n_buckets: int | Literal["auto"] = "auto", bucket_size_x: int | Literal["auto"] = "auto",
                  bucket_size_y: int | Literal["auto"] = 256, mix_x: bool = True, cover: bool = False,
-                 union: bool = False) -> None:
+                 union: bool = False, scan_items: int | Literal["all"] = "all") -> None:
         self.n_buckets = check_size("n_buckets", n_buckets)
         self.bucket_size_x = check_size("bucket_size_x", bucket_size_x)
         self.bucket_size_y = check_size("bucket_size_y", bucket_size_y)
         self.mix_x = check_bool("mix_x", mix_x)
         self.cover = check_bool("cover", cover)
         self.union = check_bool("union", union)
+        self.scan_items = "all" if scan_items == "all" else check_int("scan_items", scan_items, 1)
 
     def resolve(self, n: int, c: int, capacity: int | None = None) -> tuple[int, int, int]:
         """(n_b, k_x, k_y) for a batch of n positions (of ``capacity`` padded slots) and c items.
@@ -175,7 +199,8 @@ class SCE(Loss):
             return hidden.sum() * 0.0
         targets = targets.long()
         n_b, k_x, k_y = self.resolve(n, item_emb.shape[0], ctx.capacity)
-        idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator, self.cover)
+        stride = scan_stride(item_emb.shape[0], None if self.scan_items == "all" else self.scan_items, k_y)
+        idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator, self.cover, stride)
         if self.cover:  # the scratch row N that pads the last extra bucket
             hidden = torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])
             targets = torch.cat([targets, targets.new_zeros(1)])
