@@ -220,8 +220,23 @@ def test_sce_scan_items_picks_from_one_share_of_the_catalog():
     assert torch.isfinite(value) and torch.isfinite(w.grad).all()
 
 
+def test_sce_scan_items_strided_share_through_two_passes():
+    """A share large enough for ``topk_two_pass`` (>= 2 k width keys): the GEMM reads the strided
+    view in place and still returns the share's exact top-k."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(40, 8, generator=g), torch.randn(2403, 8, generator=g)
+    s = scan_stride(2403, 601, 9)
+    assert s == 4 and len(w[1::s]) >= 2 * 9 * 32
+    for seed in range(3):
+        _, idx_y = sce_select(x, w, 5, 6, 9, True, torch.Generator().manual_seed(seed), stride=s)
+        off = int(idx_y[0, 0]) % s
+        omega = kernels.bucket_centres(x, 5, True, torch.Generator().manual_seed(seed))
+        ref = kernels.topk_two_pass(omega, w[off::s].contiguous(), 9)
+        assert torch.equal(idx_y, ref * s + off)
+
+
 def test_sce_scan_items_rule():
-    assert scan_stride(1_000_000, None, 256) == 1  # "all"
+    assert scan_stride(1_000_000, "all", 256) == 1
     assert scan_stride(100_000, 262_144, 256) == 1  # a catalog within scan_items: every item
     assert scan_stride(1_000_000, 262_144, 256) == 4
     assert scan_stride(1_000, 100, 256) == 3  # the share keeps k items: s <= C // k

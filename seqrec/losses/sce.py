@@ -43,10 +43,10 @@ from seqrec.losses.kernels import (
 )
 
 
-def scan_stride(n_items: int, scan_items: int | None, k: int) -> int:
+def scan_stride(n_items: int, scan_items: int | Literal["all"], k: int) -> int:
     """s of the share i = offset mod s that the selection scores: ceil(C / scan_items), at most
-    C // k so the share holds k items; 1 (all items) for ``scan_items`` None."""
-    if scan_items is None or n_items <= scan_items:
+    C // k so the share holds k items; 1 (all items) for "all"."""
+    if scan_items == "all" or n_items <= scan_items:
         return 1
     return max(1, min(-(-n_items // scan_items), n_items // max(k, 1)))
 
@@ -199,7 +199,7 @@ class SCE(Loss):
             return hidden.sum() * 0.0
         targets = targets.long()
         n_b, k_x, k_y = self.resolve(n, item_emb.shape[0], ctx.capacity)
-        stride = scan_stride(item_emb.shape[0], None if self.scan_items == "all" else self.scan_items, k_y)
+        stride = scan_stride(item_emb.shape[0], self.scan_items, k_y)
         idx_x, idx_y = sce_select(hidden, item_emb, n_b, k_x, k_y, self.mix_x, ctx.generator, self.cover, stride)
         if self.cover:  # the scratch row N that pads the last extra bucket
             hidden = torch.cat([hidden, hidden.new_zeros(1, hidden.shape[1])])
