@@ -69,11 +69,9 @@ def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, buc
         x, w = hidden.detach().float(), item_emb.detach()
         omega = bucket_centres(x, n_buckets, mix_x, generator)
         idx_x = topk_rows_chunked(omega, x, bucket_size_x)
-        if stride > 1:
-            off = int(torch.randint(stride, (1,), generator=generator, device=x.device))
-            idx_y = topk_rows_chunked(omega, w[off::stride], bucket_size_y) * stride + off
-        else:
-            idx_y = topk_rows_chunked(omega, w, bucket_size_y)
+        # no draw for the whole catalog: the default's random stream stays as before scan_items
+        off = int(torch.randint(stride, (1,), generator=generator, device=x.device)) if stride > 1 else 0
+        idx_y = topk_rows_chunked(omega, w[off::stride], bucket_size_y) * stride + off
         if cover:
             return sce_variants.cover_buckets(x, w, idx_x, idx_y, n_buckets, mix_x, generator)
     return idx_x, idx_y
