@@ -235,6 +235,23 @@ def test_sce_scan_items_strided_share_through_two_passes():
         assert torch.equal(idx_y, ref * s + off)
 
 
+def test_sce_scan_items_reaches_cover_buckets():
+    """``cover``'s extra buckets pick their items from the step's share too, not the whole catalog."""
+    x, w, _ = _inputs(n=60, c=400, d=6)
+    s = scan_stride(400, 100, 9)
+    for seed in range(4):
+        idx_x, idx_y = sce_select(x, w, 2, 3, 9, True, torch.Generator().manual_seed(seed), cover=True, stride=s)
+        assert len(idx_y) > 2  # extra buckets were drawn
+        assert bool((idx_y % s == idx_y[0, 0] % s).all())
+
+
+def test_sce_predict_bytes_sizes_the_scanned_share():
+    """The selection's block maxima grow with the items scored: ``scan_items`` shrinks them."""
+    every, share = LOSSES.build("sce"), LOSSES.build("sce", scan_items=262_144)
+    assert share.predict_bytes(12_800, 100_000, 64) == every.predict_bytes(12_800, 100_000, 64)
+    assert share.predict_bytes(12_800, 3_000_000, 64) < every.predict_bytes(12_800, 3_000_000, 64)
+
+
 def test_sce_scan_items_rule():
     assert scan_stride(1_000_000, "all", 256) == 1
     assert scan_stride(100_000, 262_144, 256) == 1  # a catalog within scan_items: every item

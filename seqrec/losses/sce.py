@@ -63,7 +63,7 @@ def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, buc
     with autocast off: it is cheap next to the scoring and exact ranking matters more.
     ``cover``: extra buckets for the positions no bucket picked (``sce_variants.cover_buckets``).
     ``stride`` s > 1: items are picked from the share i = offset mod s only (a random offset drawn
-    from ``generator``), a strided view of the table: no copy.
+    from ``generator``), a strided view of the table: no copy; ``cover``'s buckets use the same share.
     """
     with torch.autocast(hidden.device.type, enabled=False):
         x, w = hidden.detach().float(), item_emb.detach()
@@ -73,7 +73,7 @@ def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, buc
         off = int(torch.randint(stride, (1,), generator=generator, device=x.device)) if stride > 1 else 0
         idx_y = topk_rows_chunked(omega, w[off::stride], bucket_size_y) * stride + off
         if cover:
-            return sce_variants.cover_buckets(x, w, idx_x, idx_y, n_buckets, mix_x, generator)
+            return sce_variants.cover_buckets(x, w, idx_x, idx_y, n_buckets, mix_x, generator, stride, off)
     return idx_x, idx_y
 
 
@@ -213,13 +213,14 @@ class SCE(Loss):
 
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         n_b, k_x, k_y = self.resolve(n, c, capacity)
+        scanned = -(-c // scan_stride(c, self.scan_items, k_y))  # the items a selection scores
         grads = 4 * (c + n) * d + dtype_bytes * (c + n) * d * (dtype_bytes != 4)
         # selection: one chunk of scores, its top-k, the candidate buffer (9 k) and a merge; or on
         # many items (topk_two_pass) pass 1's block maxima (at most [C / 32, n_b]), one score
         # block and ~4 k candidates a bucket
         chunk = max(k_y, block_elems() // n_b)
         select = max(n_b * chunk * 4 + n_b * k_y * 12 * (1 + 9 + 2),
-                     n_b * -(-c // 32) * 4 + L2_ELEMS * 4 + n_b * k_y * 20 * 4) + n_b * d * 4 + n * n_b * 4
+                     n_b * -(-scanned // 32) * 4 + L2_ELEMS * 4 + n_b * k_y * 20 * 4) + n_b * d * 4 + n * n_b * 4
         saved = n_b * k_x * (4 + 4 + 4 + 8) + n_b * k_y * 8 + n * 16
         g = group_size(n_b, k_x, k_y, d)
         # logits + mask + prob, gathered rows (and their float copies) and the bmm outputs
