@@ -101,6 +101,12 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
     return _best_first(buf_v[:, :w], buf_i[:, :w], k)[1]
 
 
+def topk_share(queries: torch.Tensor, keys: torch.Tensor, k: int, stride: int = 1, off: int = 0) -> torch.Tensor:
+    """``topk_rows_chunked`` over the keys i = ``off`` mod ``stride`` only (a strided view: no copy),
+    as indices into all of ``keys``."""
+    return topk_rows_chunked(queries, keys[off::stride], k) * stride + off
+
+
 @torch.no_grad()
 def topk_two_pass(queries: torch.Tensor, keys: torch.Tensor, k: int, width: int = 32,
                   stride: int | None = None) -> torch.Tensor:

@@ -40,6 +40,7 @@ from seqrec.losses.kernels import (
     negative_lse,
     positive_logits,
     topk_rows_chunked,
+    topk_share,
 )
 
 
@@ -71,7 +72,7 @@ def sce_select(hidden: torch.Tensor, item_emb: torch.Tensor, n_buckets: int, buc
         idx_x = topk_rows_chunked(omega, x, bucket_size_x)
         # no draw for the whole catalog: the default's random stream stays as before scan_items
         off = int(torch.randint(stride, (1,), generator=generator, device=x.device)) if stride > 1 else 0
-        idx_y = topk_rows_chunked(omega, w[off::stride], bucket_size_y) * stride + off
+        idx_y = topk_share(omega, w, bucket_size_y, stride, off)
         if cover:
             return sce_variants.cover_buckets(x, w, idx_x, idx_y, n_buckets, mix_x, generator, stride, off)
     return idx_x, idx_y

@@ -25,6 +25,7 @@ from seqrec.losses.kernels import (
     positive_logits,
     rows,
     topk_rows_chunked,
+    topk_share,
 )
 
 # ``cover``: passes of extra buckets over the positions no bucket picked
@@ -61,7 +62,7 @@ def cover_buckets(x: torch.Tensor, w: torch.Tensor, idx_x: torch.Tensor, idx_y: 
         if ix.shape[1] < bucket_size_x:
             ix = torch.cat([ix, ix.new_full((nb, bucket_size_x - ix.shape[1]), n)], 1)
         xs.append(ix)
-        ys.append(topk_rows_chunked(omega, w[off::stride], bucket_size_y) * stride + off)
+        ys.append(topk_share(omega, w, bucket_size_y, stride, off))
     return torch.cat(xs), torch.cat(ys)
 
 
