@@ -12,7 +12,7 @@ from seqrec.errors import ConfigError
 from seqrec.losses import LossContext, kernels, sce_variants
 from seqrec.losses.kernels import topk_rows_chunked
 from seqrec.losses.rece import rece_hash
-from seqrec.losses.sce import scan_stride, sce_select
+from seqrec.losses.sce import RECENT_STEPS, scan_stride, sce_select
 from seqrec.registry import LOSSES
 
 
@@ -245,11 +245,50 @@ def test_sce_scan_items_reaches_cover_buckets():
         assert bool((idx_y % s == idx_y[0, 0] % s).all())
 
 
+def test_topk_share_with_extra_items_is_the_top_k_of_the_union():
+    g = torch.Generator().manual_seed(4)
+    q, w = torch.randn(7, 16, generator=g), torch.randn(5000, 16, generator=g)
+    extra = torch.tensor([0, 2, 3, 10, 4998, 4999, 77])  # none of them in the share i = 1 mod 4
+    got = kernels.topk_share(q, w, 20, 4, 1, extra)
+    ids = torch.cat([torch.arange(1, 5000, 4), extra])
+    assert torch.equal(got, ids[(q @ w[ids].T).topk(20, 1).indices])
+    assert bool(torch.isin(got, extra).any())  # the extra items compete
+
+
+def test_sce_scan_items_also_scores_the_recent_selections():
+    """With scan_items, a step's items are the exact top-k of its share and of the items the last
+    RECENT_STEPS steps selected (which the loss keeps, also in its state_dict)."""
+    x, w, y = _inputs(n=30, c=400, d=6)
+    loss = LOSSES.build("sce", n_buckets=6, bucket_size_x=5, bucket_size_y=9, scan_items=100)
+    s = scan_stride(400, 100, 9)
+    outside = 0
+    for step in range(RECENT_STEPS + 2):
+        recent = torch.unique(torch.cat(loss._recent)) if loss._recent else torch.zeros(0, dtype=torch.long)
+        loss(x, y, w, _ctx(step))
+        g = torch.Generator().manual_seed(step)  # sce_select's draws: the centres, then the offset
+        omega = kernels.bucket_centres(x.detach(), 6, True, g)
+        off = int(torch.randint(s, (1,), generator=g))
+        ids = torch.cat([torch.arange(off, 400, s), recent[(recent - off) % s != 0]])
+        best = ids[(omega @ w.detach()[ids].T).topk(9, 1).indices]
+        assert torch.equal(torch.unique(best), loss._recent[-1])
+        assert len(loss._recent) == min(step + 1, RECENT_STEPS)
+        outside += int((best % s != off).sum())
+    assert outside > 0  # remembered items outside the step's share were picked
+    fresh = LOSSES.build("sce", n_buckets=6, bucket_size_x=5, bucket_size_y=9, scan_items=100)
+    fresh.load_state_dict(loss.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh._recent, loss._recent, strict=True))
+    assert LOSSES.build("sce").state_dict() == {"recent": []}
+
+
 def test_sce_predict_bytes_sizes_the_scanned_share():
-    """The selection's block maxima grow with the items scored: ``scan_items`` shrinks them."""
-    every, share = LOSSES.build("sce"), LOSSES.build("sce", scan_items=262_144)
+    """The selection's block maxima grow with the items scored: with ``scan_items`` they stop growing."""
+    every, share = LOSSES.build("sce", scan_items="all"), LOSSES.build("sce")
     assert share.predict_bytes(12_800, 100_000, 64) == every.predict_bytes(12_800, 100_000, 64)
-    assert share.predict_bytes(12_800, 3_000_000, 64) < every.predict_bytes(12_800, 3_000_000, 64)
+    # from 1M to 3M items the share stays ~262k items (and the remembered ones): only the [C, d]
+    # gradient grows, while the exact selection's block maxima grow with C as well
+    grown = {name: loss.predict_bytes(12_800, 3_000_000, 64) - loss.predict_bytes(12_800, 1_000_000, 64)
+             for name, loss in (("every", every), ("share", share))}
+    assert grown["share"] == 4 * 2_000_000 * 64 < grown["every"]
 
 
 def test_sce_scan_items_rule():
@@ -257,7 +296,8 @@ def test_sce_scan_items_rule():
     assert scan_stride(100_000, 262_144, 256) == 1  # a catalog within scan_items: every item
     assert scan_stride(1_000_000, 262_144, 256) == 4
     assert scan_stride(1_000, 100, 256) == 3  # the share keeps k items: s <= C // k
-    assert LOSSES.build("sce").scan_items == "all"  # the authors' method by default
+    assert LOSSES.build("sce").scan_items == 262_144  # the whole catalog up to 262,144 items
+    assert scan_stride(262_144, LOSSES.build("sce").scan_items, 256) == 1
     assert LOSSES.build("sce", scan_items="5000").scan_items == 5000
 
 

@@ -39,9 +39,14 @@ def _interrupt_at(at_step):
     return with_callbacks(SignalAt(at_step))
 
 
-@pytest.mark.parametrize("model", ["sasrec", "bert4rec"])
-def test_interrupt_and_resume_is_bit_identical(tiny_overrides, tmp_path, model):
-    over = _over(tiny_overrides, **{"model.name": model})
+# SCE with scan_items carries the items of its recent selections from step to step: the checkpoint keeps them
+SCE_SCAN = {"loss.name": "sce", "loss.bucket_size_y": 3, "loss.scan_items": 10}
+
+
+@pytest.mark.parametrize("model,loss", [("sasrec", {}), ("bert4rec", {}), ("sasrec", SCE_SCAN)],
+                         ids=["sasrec", "bert4rec", "sasrec-sce-scan"])
+def test_interrupt_and_resume_is_bit_identical(tiny_overrides, tmp_path, model, loss):
+    over = _over(tiny_overrides, **{"model.name": model}, **loss)
     full = SeqRec(overrides=over).fit(run_dir=tmp_path / "full", log=lambda s: None)
     cut = SeqRec(overrides=over)
     with pytest.raises(TrainingInterrupted):

@@ -62,6 +62,14 @@ class Loss:
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a loss carries from step to step (none for most): saved in checkpoints so that a
+        resumed run continues bit-identically."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict``'s output."""
+
     def predict_bytes(self, n: int, c: int, d: int, dtype_bytes: int = 4, capacity: int | None = None) -> int:
         """Peak extra bytes of one forward+backward on n positions, c items, width d; ``capacity``
         is ``ctx.capacity`` of training (batch_size x max_len), for losses sized from it."""

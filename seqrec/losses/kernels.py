@@ -101,10 +101,19 @@ def topk_rows_chunked(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: 
     return _best_first(buf_v[:, :w], buf_i[:, :w], k)[1]
 
 
-def topk_share(queries: torch.Tensor, keys: torch.Tensor, k: int, stride: int = 1, off: int = 0) -> torch.Tensor:
+def topk_share(queries: torch.Tensor, keys: torch.Tensor, k: int, stride: int = 1, off: int = 0,
+               extra: torch.Tensor | None = None) -> torch.Tensor:
     """``topk_rows_chunked`` over the keys i = ``off`` mod ``stride`` only (a strided view: no copy),
-    as indices into all of ``keys``."""
-    return topk_rows_chunked(queries, keys[off::stride], k) * stride + off
+    as indices [m, k] into all of ``keys``; ``extra`` (int64 [R], ids outside that share) joins the
+    candidates: the top k of each part are merged by score, so the result is the top k of the union."""
+    top = topk_rows_chunked(queries, keys[off::stride], k) * stride + off
+    if extra is None or extra.numel() == 0:
+        return top
+    ids = torch.cat([top, extra[topk_rows_chunked(queries, keys[extra], k)]], 1)  # [m, <= 2k]
+    q, rows = queries.float(), max(1, block_elems(queries.device) // (ids.shape[1] * keys.shape[1]))
+    scores = torch.cat([torch.einsum("md,mjd->mj", q[r:r + rows], keys[ids[r:r + rows]].float())
+                        for r in range(0, len(ids), rows)])
+    return _best_first(scores, ids, k)[1]
 
 
 @torch.no_grad()

@@ -38,13 +38,13 @@ UNION_DENSE_RATIO = 1.0
 @torch.no_grad()
 def cover_buckets(x: torch.Tensor, w: torch.Tensor, idx_x: torch.Tensor, idx_y: torch.Tensor, n_buckets: int,
                   mix_x: bool, generator: torch.Generator | None, stride: int = 1,
-                  off: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                  off: int = 0, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``cover``: (idx_x, idx_y) of ``sce_select`` plus buckets for the positions none picked.
 
     x [N, d] float32 hidden states, w [C, d] items. The uncovered positions get buckets drawn the
     same way from them alone (n_b scaled by their share of N), until every position is in one (at
     most ``COVER_PASSES`` passes); a last short bucket is padded with the scratch index N. Items
-    come from the same share as ``sce_select``'s: rows i = ``off`` mod ``stride``.
+    come from the same share as ``sce_select``'s: rows i = ``off`` mod ``stride`` and ``extra``.
     """
     n = x.shape[0]
     bucket_size_x, bucket_size_y = idx_x.shape[1], idx_y.shape[1]
@@ -62,7 +62,7 @@ def cover_buckets(x: torch.Tensor, w: torch.Tensor, idx_x: torch.Tensor, idx_y: 
         if ix.shape[1] < bucket_size_x:
             ix = torch.cat([ix, ix.new_full((nb, bucket_size_x - ix.shape[1]), n)], 1)
         xs.append(ix)
-        ys.append(topk_share(omega, w, bucket_size_y, stride, off))
+        ys.append(topk_share(omega, w, bucket_size_y, stride, off, extra))
     return torch.cat(xs), torch.cat(ys)
 
 

@@ -1,12 +1,12 @@
 """The training state: what a checkpoint holds, why training stopped, capture and restore.
 
-``last.pt`` = {"meta", "model", "optimizer", "rng", "state"}: enough to continue bit-identically on
-CPU (the epoch order, the step inside the epoch and every RNG are part of it). Under torchrun each
-rank's random streams are reseeded at every step from (seed, rank, global step)
-(``distributed.step_seed``), so the checkpoint's step and world size fix every rank's RNG state; a
-checkpoint of another world size restarts its interrupted epoch from the first step. ``best.pt`` =
-{"meta", "model", "epoch"}. Both load with ``torch.load(weights_only=True)``: only tensors, plain
-numbers and JSON strings.
+``last.pt`` = {"meta", "model", "optimizer", "loss", "rng", "state"}: enough to continue
+bit-identically on CPU (the epoch order, the step inside the epoch, every RNG and what the loss
+carries from step to step are part of it). Under torchrun each rank's random streams are reseeded at
+every step from (seed, rank, global step) (``distributed.step_seed``), so the checkpoint's step and
+world size fix every rank's RNG state; a checkpoint of another world size restarts its interrupted
+epoch from the first step. ``best.pt`` = {"meta", "model", "epoch"}. Both load with
+``torch.load(weights_only=True)``: only tensors, plain numbers and JSON strings.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def capture(trainer: Trainer, st: TrainState) -> dict[str, Any]:
         "meta": checkpoint_meta(trainer),
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict() if trainer.optimizer else None,
+        "loss": trainer.loss.state_dict(),
         "rng": {**global_rng_state(), "numpy": json.dumps(trainer.rng.bit_generator.state),
                 "loss": trainer.gen.get_state()},
         "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step,
@@ -110,6 +111,7 @@ def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
         trainer.optimizer.load_state_dict(ck["optimizer"])
         for group in trainer.optimizer.param_groups:  # a resume may lower the learning rate (after a NaN stop)
             group["lr"] = trainer.cfg.train.lr
+    trainer.loss.load_state_dict(ck.get("loss", {}))  # older checkpoints: none
     r = ck["rng"]
     set_global_rng_state(r)
     trainer.rng.bit_generator.state = json.loads(r["numpy"])
