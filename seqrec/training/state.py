@@ -86,6 +86,11 @@ def checkpoint_meta(trainer: Trainer) -> dict[str, Any]:
             "model": type(trainer.model).__name__}
 
 
+def loss_state(loss: Any) -> dict[str, Any]:
+    """``loss.state_dict()``; {} for a plain function used as the loss."""
+    return loss.state_dict() if hasattr(loss, "state_dict") else {}
+
+
 def capture(trainer: Trainer, st: TrainState) -> dict[str, Any]:
     """The full training state of ``trainer`` at ``st`` (the content of ``last.pt``)."""
     stop = {"kind": st.stop.kind.value, "message": st.stop.message} if st.stop else None
@@ -93,7 +98,7 @@ def capture(trainer: Trainer, st: TrainState) -> dict[str, Any]:
         "meta": checkpoint_meta(trainer),
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict() if trainer.optimizer else None,
-        "loss": trainer.loss.state_dict(),
+        "loss": loss_state(trainer.loss),
         "rng": {**global_rng_state(), "numpy": json.dumps(trainer.rng.bit_generator.state),
                 "loss": trainer.gen.get_state()},
         "state": {"epoch": st.epoch, "step": st.step, "global_step": st.global_step,
@@ -111,7 +116,8 @@ def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
         trainer.optimizer.load_state_dict(ck["optimizer"])
         for group in trainer.optimizer.param_groups:  # a resume may lower the learning rate (after a NaN stop)
             group["lr"] = trainer.cfg.train.lr
-    trainer.loss.load_state_dict(ck.get("loss", {}))  # older checkpoints: none
+    if ck.get("loss") and hasattr(trainer.loss, "load_state_dict"):  # older checkpoints: none
+        trainer.loss.load_state_dict(ck["loss"])
     r = ck["rng"]
     set_global_rng_state(r)
     trainer.rng.bit_generator.state = json.loads(r["numpy"])
