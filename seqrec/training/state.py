@@ -116,7 +116,7 @@ def restore(trainer: Trainer, ck: dict[str, Any]) -> TrainState:
         trainer.optimizer.load_state_dict(ck["optimizer"])
         for group in trainer.optimizer.param_groups:  # a resume may lower the learning rate (after a NaN stop)
             group["lr"] = trainer.cfg.train.lr
-    if ck.get("loss") and hasattr(trainer.loss, "load_state_dict"):  # older checkpoints: none
+    if ck.get("loss"):  # only a loss with a state saved one (older checkpoints: no key)
         trainer.loss.load_state_dict(ck["loss"])
     r = ck["rng"]
     set_global_rng_state(r)
