@@ -41,9 +41,23 @@ def did_you_mean(word: Any, choices: Iterable[Any]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+_MEMBERS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
 def describe_error(e: pydantic.ValidationError, prefix: str) -> str:
     """The first error of a pydantic validation as one line: ``prefix.key: message, got value``."""
-    err = e.errors()[0]
+    errors = e.errors()
+    err = errors[0]
+    # a union (``int | Literal["auto"]``) fails once per member, each tagged with the member's name
+    field = err["loc"][:-1]
+    members = [x for x in errors if x["loc"][:-1] == field and isinstance(x["loc"][-1], str)] if field else []
+    if len(members) > 1 and "input" in err:
+        loc = ".".join(str(p) for p in (prefix, *field) if p != "")
+        wanted = [x["ctx"]["expected"] if x["type"] == "literal_error" else _MEMBERS.get(x["loc"][-1], x["loc"][-1])
+                  for x in members]
+        choices = [c for x in members if x["type"] == "literal_error"
+                   for c in re.findall(r"'([^']*)'", x["ctx"]["expected"])]
+        return f"{loc}: expected {' or '.join(wanted)}, got {err['input']!r}{did_you_mean(err['input'], choices)}"
     loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
     if err["type"] == "extra_forbidden":
         return f"unknown key {loc}"

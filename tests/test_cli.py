@@ -124,6 +124,10 @@ def test_version_and_help():
     (["--model", "sasrek"], "did you mean 'sasrec'"),
     (["--dataset", "synthetik"], "did you mean 'synthetic'"),
     (["--dataset", "ml-1n"], "did you mean 'ml-1m'"),
+    # a union option names its members, not pydantic's tag for one of them
+    (["--loss", "sce", "--set", "loss.scan_items=al"],
+     "loss.scan_items: expected an integer or 'all', got 'al' (did you mean 'all'?)"),
+    (["--loss", "sce", "--set", "loss.n_buckets=1.5"], "loss.n_buckets: expected an integer or 'auto', got 1.5"),
 ])
 def test_mistakes_refused_before_loading_and_leave_nothing(tmp_path, args, hint):
     import time
