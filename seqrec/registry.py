@@ -44,13 +44,18 @@ def did_you_mean(word: Any, choices: Iterable[Any]) -> str:
 _MEMBERS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
+def _is_member(tag: Any) -> bool:
+    return tag in _MEMBERS or (isinstance(tag, str) and tag.startswith("literal["))
+
+
 def describe_error(e: pydantic.ValidationError, prefix: str) -> str:
     """The first error of a pydantic validation as one line: ``prefix.key: message, got value``."""
     errors = e.errors()
     err = errors[0]
-    # a union (``int | Literal["auto"]``) fails once per member, each tagged with the member's name
+    # a union (``int | Literal["auto"]``) fails once per member, each tagged with the member's type
+    # ("int", "literal['auto']"); two bad keys of one section are tagged with their key names instead
     field = err["loc"][:-1]
-    members = [x for x in errors if x["loc"][:-1] == field and isinstance(x["loc"][-1], str)] if field else []
+    members = [x for x in errors if x["loc"][:-1] == field and _is_member(x["loc"][-1])] if field else []
     if len(members) > 1 and "input" in err:
         loc = ".".join(str(p) for p in (prefix, *field) if p != "")
         wanted = [x["ctx"]["expected"] if x["type"] == "literal_error" else _MEMBERS.get(x["loc"][-1], x["loc"][-1])

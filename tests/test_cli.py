@@ -128,6 +128,7 @@ def test_version_and_help():
     (["--loss", "sce", "--set", "loss.scan_items=al"],
      "loss.scan_items: expected an integer or 'all', got 'al' (did you mean 'all'?)"),
     (["--loss", "sce", "--set", "loss.n_buckets=1.5"], "loss.n_buckets: expected an integer or 'auto', got 1.5"),
+    (["--set", "train.lr=x", "--set", "train.batch_size=y"], "train.batch_size: input should be a valid integer"),
 ])
 def test_mistakes_refused_before_loading_and_leave_nothing(tmp_path, args, hint):
     import time
